@@ -1,0 +1,28 @@
+"""resnet-deploy: trained ResNet-family weights -> BN folding -> ONNX -> validated, timed inference engines.
+
+Python API (the CLI is a thin layer over it):
+
+    from resnet_deploy import BuildConfig, build
+    report = build(BuildConfig(arch="resnet50", weights=Path("w.pth"), val_data=Path("val/"), out=Path("out/")))
+    report.return_code  # 0 when every engine passed its checks
+"""
+
+from .config import BenchmarkOptions, BuildConfig, Precision, Target
+from .data import Preprocess, open_dataset
+from .errors import CheckFailed, ResnetDeployError, UserError
+from .models import load_model
+from .pipeline.build import build
+
+__all__ = [
+    "BenchmarkOptions",
+    "BuildConfig",
+    "CheckFailed",
+    "Precision",
+    "Preprocess",
+    "ResnetDeployError",
+    "Target",
+    "UserError",
+    "build",
+    "load_model",
+    "open_dataset",
+]

@@ -1,0 +1,258 @@
+"""What passes between stages: files on disk with a JSON sidecar (`<file>.json`) of metadata.
+
+Every file is written atomically (a temporary file in the same folder, then a rename), so an
+interrupted run never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+SIDECAR_SUFFIX = ".json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "value"):  # enums
+        return value.value
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def sidecar_path(path: Path) -> Path:
+    return Path(str(path) + SIDECAR_SUFFIX)
+
+
+def write_with_sidecar(path: Path, write: Callable[[Path], None], metadata: dict[str, Any]) -> None:
+    """Write a file through `write(tmp_path)` atomically, then its sidecar (with the file's sha256)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+        digest = sha256_file(tmp)
+    write_json_atomic(sidecar_path(path), {**metadata, "sha256": digest})
+
+
+def read_sidecar(path: Path, kind: str) -> dict[str, Any]:
+    """The sidecar of `path`, checked to be of `kind` and to match the file's sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; give the path of a file written by resnet-deploy")
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise UserError(f"{side} is missing: {path} was not written by resnet-deploy {kind}; rerun that stage")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{side} is not valid JSON ({exc}); rerun the {kind} stage") from None
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        raise UserError(f"{side} does not describe a {kind} artifact; give the output of the {kind} stage")
+    if meta.get("sha256") != sha256_file(path):
+        raise UserError(f"{path} changed after it was written (sha256 differs from {side.name}); rerun the {kind} stage")
+    return meta
+
+
+@dataclass(frozen=True)
+class FoldedModelArtifact:
+    """A BN-folded model: a safetensors state_dict plus what is needed to rebuild the module."""
+
+    path: Path
+    arch: str
+    num_classes: int
+    preprocess: dict[str, Any]
+    weights_sha256: str
+    fold: dict[str, Any]
+
+    KIND = "folded-model"
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "kind": self.KIND,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "preprocess": self.preprocess,
+            "weights_sha256": self.weights_sha256,
+            "fold": self.fold,
+        }
+
+    def info(self):
+        from .data import Preprocess
+        from .models import ModelInfo
+
+        return ModelInfo(self.arch, self.num_classes, Preprocess.from_dict(self.preprocess), self.weights_sha256)
+
+    @classmethod
+    def read(cls, path: Path) -> "FoldedModelArtifact":
+        meta = read_sidecar(path, cls.KIND)
+        return cls(
+            path=Path(path),
+            arch=meta["arch"],
+            num_classes=int(meta["num_classes"]),
+            preprocess=meta["preprocess"],
+            weights_sha256=meta["weights_sha256"],
+            fold=meta["fold"],
+        )
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    """An ONNX model (FP32, FP16 or INT8 Q/DQ) with what produced it."""
+
+    path: Path
+    arch: str
+    num_classes: int
+    preprocess: dict[str, Any]
+    precision: str
+    target: str | None
+    input_name: str
+    output_name: str
+    opset: int
+    source_sha256: str  # the weights (FP32) or the FP32 ONNX it was derived from
+    details: dict[str, Any]
+
+    KIND = "onnx-model"
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "kind": self.KIND,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "preprocess": self.preprocess,
+            "precision": self.precision,
+            "target": self.target,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+            "opset": self.opset,
+            "source_sha256": self.source_sha256,
+            "details": self.details,
+        }
+
+    @classmethod
+    def read(cls, path: Path) -> "OnnxArtifact":
+        meta = read_sidecar(path, cls.KIND)
+        return cls(
+            path=Path(path),
+            arch=meta["arch"],
+            num_classes=int(meta["num_classes"]),
+            preprocess=meta["preprocess"],
+            precision=meta["precision"],
+            target=meta.get("target"),
+            input_name=meta["input_name"],
+            output_name=meta["output_name"],
+            opset=int(meta["opset"]),
+            source_sha256=meta["source_sha256"],
+            details=meta.get("details", {}),
+        )
+
+
+# ------------------------------------------------------------------------------------- output folder
+
+
+@contextlib.contextmanager
+def staged_output_dir(out: Path, force: bool) -> Iterator[Path]:
+    """Build into a hidden staging folder beside `out`; move it into place only when all went well.
+
+    A lock beside `out` makes a second build into the same folder refuse instead of mixing files.
+    An interrupted or failed build leaves `out` as it was (absent, or the previous complete build).
+    """
+    import fcntl
+    import shutil
+
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder path")
+    if out.exists() and not force:
+        raise UserError(f"--out {out} already exists; pass --force to replace it, or choose another folder")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(parent / f".{out.name}.lock", "a+")  # noqa: SIM115 - held for the whole build
+    except OSError as exc:
+        raise UserError(f"cannot write beside --out {out} ({exc.strerror}); choose a writable folder") from None
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another resnet-deploy build is writing {out}; wait for it to finish or choose another --out"
+            ) from None
+        for stale in parent.glob(f".{out.name}.partial-*"):  # left by a killed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        os.chmod(staging, 0o777 & ~_umask())
+        try:
+            yield staging
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+                os.replace(out, old / "previous")
+                os.replace(staging, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, out)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,414 @@
+"""Data sets for calibration and validation: image folders or `.npz` files -> batches of NCHW float32.
+
+A data set is re-iterable: `iter_batches()` can be called any number of times and streams from disk,
+so memory stays bounded whatever the folder size. Files that cannot be decoded are skipped and
+recorded in `skipped`; a data set with nothing usable is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import UserError
+
+# Same list and order as torchvision.datasets.folder.IMG_EXTENSIONS (plus .jfif), matched case-insensitively.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# Refuse images above this many pixels before decoding them (decompression bombs). PIL's own default.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input: the settings travel with the model (as in timm)."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop_pct: float = 0.875
+    crop_mode: str = "center"
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.crop_pct <= 1.0:
+            raise UserError(f"crop_pct must be within 0.1..1.0, got {self.crop_pct}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+        return cls(
+            input_size=tuple(int(v) for v in data["input_size"]),
+            interpolation=str(data["interpolation"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            crop_pct=float(data["crop_pct"]),
+            crop_mode=str(data.get("crop_mode", "center")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size),
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
+        }
+
+    def transform(self):
+        """timm's eval transform for these settings: PIL RGB image -> normalized CHW tensor."""
+        from timm.data import create_transform
+
+        return create_transform(
+            input_size=self.input_size,
+            is_training=False,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+            crop_pct=self.crop_pct,
+            crop_mode=self.crop_mode,
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    images: np.ndarray  # (N, C, H, W) float32, preprocessed
+    labels: np.ndarray | None  # (N,) int64, or None when the data set has no labels
+    ids: tuple[str, ...]  # file path (image folders) or index (npz) of each image
+
+
+class Dataset(Protocol):
+    """A re-iterable source of batches."""
+
+    source: Path
+    has_labels: bool
+    classes: tuple[str, ...] | None
+
+    def __len__(self) -> int: ...  # number of candidate samples (before skipping unreadable files)
+
+    def iter_batches(self, batch_size: int) -> Iterator[Batch]: ...
+
+    def select(self, indices: Sequence[int]) -> "Dataset": ...
+
+    @property
+    def skipped(self) -> dict[str, str]: ...  # id -> reason, for files found unreadable so far
+
+
+def open_dataset(path: Path, preprocess: Preprocess, *, option: str = "--val-data") -> Dataset:
+    """An image folder (class subfolders or flat) or a `.npz` file with `images` and optional `labels`."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{option} {path} does not exist; give an image folder or a .npz file")
+    if path.is_dir():
+        return ImageFolderDataset.scan(path, preprocess, option=option)
+    if path.suffix.lower() == ".npz":
+        return NpzDataset.open(path, preprocess.input_size, option=option)
+    raise UserError(f"{option} {path} is neither a folder of images nor a .npz file; give one of those")
+
+
+# --------------------------------------------------------------------------------------------- images
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk_images(root: Path) -> list[Path]:
+    """Image files below `root`, sorted, following symlinked folders once (no loops)."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:  # a symlink loop or a folder linked twice
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames.sort()
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+    return sorted(found)
+
+
+def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS):
+    """Open an image file as an 8-bit RGB PIL image. Raises ValueError/OSError with a reason."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ValueError(f"{width}x{height} pixels is above the limit of {max_pixels} (decompression bomb?)")
+        if width < 1 or height < 1:
+            raise ValueError("image has no pixels")
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            # 16-bit (or 32-bit int) grayscale: scale to 8 bits instead of clipping at 255.
+            arr = np.asarray(img, dtype=np.float64)
+            peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+            arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            return Image.fromarray(arr, mode="L").convert("RGB")
+        if img.mode == "F":
+            arr = np.asarray(img, dtype=np.float64)
+            arr = np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(arr, mode="L").convert("RGB")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            # Composite on white rather than on the undefined colour behind transparent pixels.
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+class ImageFolderDataset:
+    """An ImageFolder layout (class subfolders, sorted like torchvision) or a flat folder (no labels)."""
+
+    def __init__(
+        self,
+        source: Path,
+        preprocess: Preprocess,
+        files: Sequence[Path],
+        labels: Sequence[int] | None,
+        classes: tuple[str, ...] | None,
+        workers: int = 2,
+    ) -> None:
+        self.source = Path(source)
+        self.preprocess = preprocess
+        self.files = tuple(files)
+        self.labels = None if labels is None else tuple(labels)
+        self.classes = classes
+        self.has_labels = labels is not None
+        self.workers = workers
+        self._skipped: dict[str, str] = {}
+
+    @classmethod
+    def scan(cls, root: Path, preprocess: Preprocess, *, option: str = "--val-data") -> "ImageFolderDataset":
+        root = Path(root)
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except OSError as exc:
+            raise UserError(f"{option} {root} cannot be read ({exc.strerror}); check its permissions") from None
+        class_dirs = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+        files: list[Path] = []
+        labels: list[int] | None = None
+        classes: tuple[str, ...] | None = None
+        if class_dirs:
+            classes = tuple(e.name for e in class_dirs)
+            labels = []
+            for index, entry in enumerate(class_dirs):
+                found = _walk_images(Path(entry.path))
+                files.extend(found)
+                labels.extend([index] * len(found))
+        else:
+            files = [Path(e.path) for e in entries if e.is_file() and _is_image(e.name)]
+        if not files:
+            raise UserError(
+                f"{option} {root} holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); "
+                "give a folder of images or class subfolders of images"
+            )
+        return cls(root, preprocess, files, labels, classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return dict(self._skipped)
+
+    def select(self, indices: Sequence[int]) -> "ImageFolderDataset":
+        files = [self.files[i] for i in indices]
+        labels = None if self.labels is None else [self.labels[i] for i in indices]
+        return ImageFolderDataset(self.source, self.preprocess, files, labels, self.classes, self.workers)
+
+    def _decode(self, index: int, transform) -> np.ndarray | None:
+        path = self.files[index]
+        try:
+            image = load_image(path)
+            return transform(image).numpy()
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self._skipped[str(path)] = reason[:200]
+            return None
+
+    def iter_batches(self, batch_size: int) -> Iterator[Batch]:
+        transform = self.preprocess.transform()
+        usable = 0
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for start in range(0, len(self.files), batch_size):
+                indices = range(start, min(start + batch_size, len(self.files)))
+                decoded = list(pool.map(lambda i: self._decode(i, transform), indices))
+                keep = [(i, arr) for i, arr in zip(indices, decoded) if arr is not None]
+                if not keep:
+                    continue
+                usable += len(keep)
+                images = np.stack([arr for _, arr in keep]).astype(np.float32, copy=False)
+                labels = None
+                if self.labels is not None:
+                    labels = np.array([self.labels[i] for i, _ in keep], dtype=np.int64)
+                yield Batch(images, labels, tuple(str(self.files[i]) for i, _ in keep))
+        if usable == 0:
+            raise UserError(
+                f"no usable image in {self.source}: all {len(self.files)} files failed to decode "
+                f"(first: {next(iter(self._skipped.items()), ('?', '?'))[1]}); give readable images"
+            )
+
+
+# ------------------------------------------------------------------------------------------------ npz
+
+
+@dataclass(frozen=True)
+class _NpyMember:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+
+def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Read the .npy magic and header from a stream, leaving it at the first data byte."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return tuple(shape), bool(fortran), np.dtype(dtype)
+
+
+def _read_npy_header(zf: zipfile.ZipFile, member: str) -> _NpyMember:
+    with zf.open(member) as f:
+        shape, fortran, dtype = _read_header(f)
+    return _NpyMember(member, shape, dtype, fortran)
+
+
+class NpzDataset:
+    """`.npz` with `images` (N, C, H, W) float32, already preprocessed, and optional `labels` (N,).
+
+    Rows are streamed from the zip member, so memory stays bounded; nothing is unpickled.
+    """
+
+    def __init__(self, source: Path, images: _NpyMember, labels: np.ndarray | None, rows: Sequence[int] | None) -> None:
+        self.source = Path(source)
+        self._images = images
+        self._all_labels = labels
+        self.rows = tuple(range(images.shape[0])) if rows is None else tuple(rows)
+        self.has_labels = labels is not None
+        self.classes = None
+        self.preprocess = None
+
+    @classmethod
+    def open(cls, path: Path, input_size: Sequence[int], *, option: str = "--val-data") -> "NpzDataset":
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise UserError(f"{option} {path} is not a readable .npz file ({exc}); write it with numpy.savez") from None
+        with zf:
+            names = {n.removesuffix(".npy"): n for n in zf.namelist()}
+            if "images" not in names:
+                raise UserError(f"{option} {path} has no 'images' array (found: {sorted(names)}); save it as images=...")
+            try:
+                images = _read_npy_header(zf, names["images"])
+            except (ValueError, OSError) as exc:
+                raise UserError(f"{option} {path}: 'images' is not a valid array ({exc})") from None
+            if images.dtype.hasobject:
+                raise UserError(f"{option} {path}: 'images' holds Python objects; save float32 numbers")
+            if len(images.shape) != 4 or tuple(images.shape[1:]) != tuple(input_size):
+                raise UserError(
+                    f"{option} {path}: 'images' has shape {images.shape}, expected (N, {', '.join(map(str, input_size))}); "
+                    "preprocess the images to the model's input size or pass --input-size"
+                )
+            if images.dtype != np.float32 or images.fortran_order:
+                raise UserError(f"{option} {path}: 'images' must be C-ordered float32, got {images.dtype}")
+            if images.shape[0] == 0:
+                raise UserError(f"{option} {path}: 'images' is empty; give at least one image")
+            labels = None
+            if "labels" in names:
+                try:
+                    with zf.open(names["labels"]) as f:
+                        labels = np.lib.format.read_array(f, allow_pickle=False)
+                except (ValueError, OSError) as exc:
+                    raise UserError(f"{option} {path}: 'labels' is not a valid array ({exc})") from None
+                if labels.ndim != 1 or labels.shape[0] != images.shape[0] or not np.issubdtype(labels.dtype, np.integer):
+                    raise UserError(
+                        f"{option} {path}: 'labels' must be N={images.shape[0]} integers, got {labels.dtype} {labels.shape}"
+                    )
+                labels = labels.astype(np.int64)
+        return cls(path, images, labels, None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {}
+
+    def select(self, indices: Sequence[int]) -> "NpzDataset":
+        return NpzDataset(self.source, self._images, self._all_labels, [self.rows[i] for i in indices])
+
+    def iter_batches(self, batch_size: int) -> Iterator[Batch]:
+        row_shape = self._images.shape[1:]
+        row_bytes = int(np.prod(row_shape)) * self._images.dtype.itemsize
+        wanted = self.rows
+        with zipfile.ZipFile(self.source) as zf, zf.open(self._images.name) as f:
+            _read_header(f)  # leaves the stream at the first row
+            position = 0
+            # Rows are read in file order; a selection is sorted for reading and yielded in that order.
+            order = sorted(range(len(wanted)), key=lambda k: wanted[k])
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                out = np.empty((len(chunk), *row_shape), dtype=np.float32)
+                for j, k in enumerate(chunk):
+                    row = wanted[k]
+                    if row > position:
+                        _skip(f, (row - position) * row_bytes)
+                        position = row
+                    buf = f.read(row_bytes)
+                    if len(buf) != row_bytes:
+                        raise UserError(f"{self.source}: 'images' ends early (truncated file); write it again")
+                    out[j] = np.frombuffer(buf, dtype=self._images.dtype).reshape(row_shape)
+                    position += 1
+                labels = None if self._all_labels is None else self._all_labels[[wanted[k] for k in chunk]]
+                yield Batch(out, labels, tuple(str(wanted[k]) for k in chunk))
+
+
+def _skip(f, nbytes: int) -> None:
+    while nbytes > 0:
+        data = f.read(min(nbytes, 1 << 22))
+        if not data:
+            return
+        nbytes -= len(data)
+
+
+def first_images(dataset: Dataset, count: int) -> np.ndarray:
+    """Up to `count` preprocessed images from the start of a data set (for checks and benchmarks)."""
+    parts: list[np.ndarray] = []
+    have = 0
+    for batch in dataset.iter_batches(min(count, 64)):
+        parts.append(batch.images[: count - have])
+        have += len(parts[-1])
+        if have >= count:
+            break
+    return np.concatenate(parts)
+
+
+@dataclass
+class SkipSummary:
+    """Files skipped while reading a data set, for the report."""
+
+    count: int = 0
+    examples: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, dataset: Dataset, keep: int = 5) -> "SkipSummary":
+        skipped = dataset.skipped
+        return cls(len(skipped), dict(list(skipped.items())[:keep]))

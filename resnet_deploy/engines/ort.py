@@ -1,0 +1,150 @@
+"""ONNX Runtime engine: an ONNX file run by an InferenceSession (CPU by default; CUDA/TensorRT on request)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingDependency, UserError
+from .base import Runner
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def parse_providers(text: str) -> tuple[str, ...]:
+    """'cuda,cpu' -> ('cuda', 'cpu'); the CPU provider is always last as the fallback."""
+    names = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        if part not in PROVIDERS:
+            raise UserError(f"--providers: unknown execution provider {part!r}; valid: {', '.join(PROVIDERS)}")
+        if part not in names:
+            names.append(part)
+    if "cpu" in names:
+        names.remove("cpu")
+    return (*names, "cpu")
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        name: str,
+        precision: str,
+        target: str | None = None,
+        providers: tuple[str, ...] = ("cpu",),
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(name, precision, target)
+        self.onnx_path = Path(onnx_path)
+        self.providers = providers
+        self.threads = threads
+        self._session = None
+        self._input_name = ""
+        self._output_name = ""
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        wanted = [PROVIDERS[p] for p in self.providers]
+        absent = [p for p in wanted if p not in available]
+        if absent:
+            raise MissingDependency(
+                f"ONNX Runtime here lacks {', '.join(absent)} (available: {', '.join(available)}); "
+                "install onnxruntime-gpu on a machine with CUDA, or use --providers cpu"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=wanted)
+        except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
+            detail = str(exc).splitlines()[0][:200]
+            raise UserError(f"ONNX Runtime cannot load {self.onnx_path}: {detail}") from None
+        started = session.get_providers()
+        failed = [p for p in wanted if p not in started]
+        if failed:
+            raise MissingDependency(
+                f"ONNX Runtime could not start {', '.join(failed)} (no GPU or missing CUDA/TensorRT libraries?); "
+                "use --providers cpu here"
+            )
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise UserError(f"{self.onnx_path} has {len(inputs)} inputs; expected one image input")
+        self._session = session
+        self._input_name = inputs[0].name
+        self._output_name = outputs[0].name
+
+    def _deactivate(self) -> None:
+        self._session = None
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run([self._output_name], {self._input_name: batch})[0]
+
+    def describe(self) -> dict[str, object]:
+        import onnxruntime as ort
+
+        return {
+            "onnxruntime": ort.__version__,
+            "providers": [PROVIDERS[p] for p in self.providers],
+            "threads": self.threads,
+            "path": str(self.onnx_path),
+        }
+
+
+def describe_onnx(path: Path) -> tuple[str, str | None]:
+    """(precision, target) of an ONNX file: from its resnet-deploy sidecar, else from the graph itself."""
+    import json
+
+    import onnx
+
+    from ..artifacts import sidecar_path
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--onnx {path} does not exist; give the path of an ONNX model")
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+            return str(meta["precision"]), meta.get("target")
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError, TypeError):
+            pass  # fall through to the graph
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for a non-ONNX file
+        raise UserError(f"--onnx {path} is not an ONNX model ({type(exc).__name__}); give a .onnx file") from None
+    ops = {node.op_type for node in proto.graph.node}
+    if "QuantizeLinear" in ops or "DequantizeLinear" in ops:
+        return "int8", None
+    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
+        return "fp16", None
+    return "fp32", None
+
+
+def onnx_input_shape(path: Path) -> tuple[int, int, int]:
+    """(C, H, W) of the model's image input."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"--onnx {path} is not an ONNX model ({type(exc).__name__}); give a .onnx file") from None
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise UserError(f"--onnx {path} has {len(inputs)} inputs; expected one image input")
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not all(dims[1:]):
+        raise UserError(f"--onnx {path}: input shape {dims} is not (N, C, H, W) with fixed C, H, W")
+    return (dims[1], dims[2], dims[3])

@@ -1,0 +1,1 @@
+"""The stages: fold -> export -> (quantize) -> validate -> benchmark -> report."""

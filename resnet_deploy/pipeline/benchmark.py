@@ -1,0 +1,96 @@
+"""Latency and throughput of a runner: warm-up first, many timed iterations, percentiles.
+
+Each runner is measured in its own block (all its batch sizes, then the next runner): thread pools that
+spin after work steal the cores from the next engine when calls are interleaved one by one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..config import BenchmarkOptions
+from ..engines.base import Runner
+from ..progress import Progress
+
+
+@dataclass(frozen=True)
+class Latency:
+    batch_size: int
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    throughput_ips: float  # images per second at the mean latency
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    @classmethod
+    def from_samples(cls, batch_size: int, samples_ms: np.ndarray) -> "Latency":
+        p50, p90, p95, p99 = np.percentile(samples_ms, [50, 90, 95, 99])
+        mean = float(samples_ms.mean())
+        return cls(
+            batch_size=batch_size,
+            iterations=int(samples_ms.size),
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            p95_ms=float(p95),
+            p99_ms=float(p99),
+            mean_ms=mean,
+            std_ms=float(samples_ms.std(ddof=1)) if samples_ms.size > 1 else 0.0,
+            min_ms=float(samples_ms.min()),
+            max_ms=float(samples_ms.max()),
+            throughput_ips=batch_size * 1000.0 / mean if mean > 0 else 0.0,
+        )
+
+
+def make_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
+    """A batch of `batch_size` real images, repeating the sample when it is smaller."""
+    reps = -(-batch_size // len(images))
+    return np.ascontiguousarray(np.concatenate([images] * reps)[:batch_size], dtype=np.float32)
+
+
+def time_calls(runner: Runner, batch: np.ndarray, warmup: int, iterations: int, max_seconds: float) -> np.ndarray:
+    """Milliseconds per call, measured with perf_counter after the runner synchronised."""
+    for _ in range(warmup):
+        runner.infer(batch)
+    runner.synchronize()
+    samples = []
+    started = time.perf_counter()
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        runner.infer(batch)
+        runner.synchronize()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+        if i >= 4 and time.perf_counter() - started > max_seconds:
+            break
+    return np.array(samples, dtype=np.float64)
+
+
+def benchmark(runner: Runner, images: np.ndarray, options: BenchmarkOptions, progress: Progress = Progress()) -> list[Latency]:
+    """Latency at each batch size of `options`, for an active `runner`."""
+    results = []
+    for batch_size in progress.track(options.batch_sizes, total=len(options.batch_sizes), description=f"bench {runner.name}"):
+        batch = make_batch(images, batch_size)
+        samples = time_calls(runner, batch, options.warmup, options.iterations, options.max_seconds)
+        results.append(Latency.from_samples(batch_size, samples))
+    return results
+
+
+def benchmark_all(
+    runners: list[Runner], images: np.ndarray, options: BenchmarkOptions, progress: Progress = Progress()
+) -> list[list[Latency]]:
+    """Each runner in its own warmed block, one after the other, in the same run."""
+    results = []
+    for runner in runners:
+        with runner:
+            results.append(benchmark(runner, images, options, progress))
+    return results

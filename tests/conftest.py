@@ -1,0 +1,92 @@
+"""Shared fixtures: a ResNet-18 really trained on the digits (once per session) and one real build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resnet_deploy.examples import digits
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def workload(tmp_path_factory) -> digits.DigitsWorkload:
+    """Digits PNG folders (train/calib/val) and a trained resnet18 `weights.pth` (~99% val top-1)."""
+    return digits.make_workload(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def loaded(workload):
+    from resnet_deploy.models import load_model
+
+    return load_model(digits.ARCH, workload.weights, input_size=digits.INPUT_SIZE)
+
+
+@pytest.fixture(scope="session")
+def val_images(loaded, workload) -> np.ndarray:
+    from resnet_deploy.data import first_images, open_dataset
+
+    return first_images(open_dataset(workload.val, loaded.preprocess), 64)
+
+
+@pytest.fixture(scope="session")
+def fp32_onnx(loaded, val_images, tmp_path_factory):
+    """The folded digits model exported to ONNX (an OnnxArtifact)."""
+    from resnet_deploy.pipeline.export import export_onnx
+    from resnet_deploy.pipeline.fold import fold_and_verify
+
+    folded, result = fold_and_verify(loaded, val_images[:32])
+    return export_onnx(folded, loaded.info, val_images[:32], tmp_path_factory.mktemp("onnx") / "model.fp32.onnx")
+
+
+def build_args(workload, out: Path, *extra: str) -> list[str]:
+    return [
+        "build",
+        "--arch", digits.ARCH,
+        "--weights", str(workload.weights),
+        "--input-size", "3x32x32",
+        "--calib-data", str(workload.calib),
+        "--val-data", str(workload.val),
+        "--out", str(out),
+        "--batch-sizes", "1,4",
+        "--warmup", "2",
+        "--iterations", "10",
+        "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def built(workload, tmp_path_factory):
+    """One real `resnet-deploy build` of the digits model, through click: (exit code, stdout, OUT)."""
+    from click.testing import CliRunner
+
+    from resnet_deploy.cli import cli
+
+    out = tmp_path_factory.mktemp("build") / "out"
+    result = CliRunner().invoke(cli, build_args(workload, out), catch_exceptions=False)
+    return result.exit_code, result.output, out
+
+
+def console_script() -> Path:
+    """The installed `resnet-deploy` next to this Python (the venv's console script)."""
+    path = Path(sys.executable).parent / "resnet-deploy"
+    if not path.exists():
+        found = shutil.which("resnet-deploy")
+        assert found, "the resnet-deploy console script is not installed; pip install -e ."
+        path = Path(found)
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(console_script()), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
