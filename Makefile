@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@echo "report: $(DEMO)/out/report.md"
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff
