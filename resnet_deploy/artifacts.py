@@ -209,6 +209,46 @@ class OnnxArtifact:
         )
 
 
+@dataclass(frozen=True)
+class EngineArtifact:
+    """A serialized TensorRT engine; its sidecar is the manifest that says where and how it was built.
+
+    The manifest is read before the engine is deserialized, so an engine built for another TensorRT
+    version or GPU is refused with a message naming both, instead of TensorRT's deserialization error.
+    """
+
+    path: Path
+    arch: str
+    num_classes: int
+    preprocess: dict[str, Any]
+    precision: str
+    target: str | None
+    input_name: str
+    output_name: str
+    tensorrt_version: str
+    gpu: dict[str, Any]  # name, compute_capability ("8.6"), driver
+    build: dict[str, Any]  # the flags used: strongly_typed, tf32, workspace, optimization level, compatibility, ...
+    profile: dict[str, int]  # min / opt / max batch size of the one optimization profile
+    source_onnx: str
+    source_onnx_sha256: str
+    build_seconds: float
+    built_at: str  # UTC, ISO 8601
+
+    KIND = "tensorrt-engine"
+
+    def metadata(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}}
+
+    @classmethod
+    def read(cls, path: Path) -> "EngineArtifact":
+        meta = read_sidecar(path, cls.KIND)
+        try:
+            fields = {f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name != "path"}
+        except KeyError as exc:
+            raise UserError(f"{sidecar_path(path)} lacks {exc}; rebuild the engine with this resnet-deploy") from None
+        return cls(path=Path(path), **fields)
+
+
 # ------------------------------------------------------------------------------------- output folder
 
 

@@ -79,6 +79,16 @@ def cli() -> None:
 @click.option("--warmup", type=int, default=10, show_default=True, help="Warm-up calls per batch size.")
 @click.option("--iterations", type=int, default=50, show_default=True, help="Timed calls per batch size.")
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
+@click.option("--target", default="onnxruntime", show_default=True, help="Comma-separated: onnxruntime, tensorrt.")
+@click.option("--require-engine", is_flag=True, help="Fail (exit 2) instead of skipping TensorRT engines without TensorRT/GPU.")
+@click.option("--workspace-mib", type=int, help="TensorRT: builder workspace limit in MiB (default: TensorRT's).")
+@click.option("--builder-optimization-level", type=int, help="TensorRT: 0..5 (default 3; higher builds longer).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT: timing cache file, read and updated.")
+@click.option("--version-compatible", is_flag=True, help="TensorRT: engines also run on later TensorRT versions.")
+@click.option("--hardware-compat", default="none", show_default=True, help="TensorRT: none, ampere+ or same-cc.")
+@click.option("--tf32", is_flag=True, help="TensorRT: let FP32 layers use TF32 tensor cores.")
+@click.option("--opt-batch-size", type=int, help="TensorRT: batch size to tune for (default: median of --batch-sizes).")
+@click.option("--cuda-graph", is_flag=True, help="TensorRT: run batch 1 from a captured CUDA graph.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
 @_common
 def build(progress, config_file: Path | None, **options: Any) -> int:
@@ -89,6 +99,8 @@ def build(progress, config_file: Path | None, **options: Any) -> int:
     config = _build_config(ctx, config_file, options)
     report = run_build(config, progress)
     _print_summary(report.as_dict())
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     for failure in report.failures:
         click.echo(f"FAILED {failure}", err=True)
     click.echo(f"report: {config.out / 'report.json'}, {config.out / 'report.md'}")
@@ -100,8 +112,11 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         BenchmarkOptions,
         BuildConfig,
         Precision,
+        Target,
+        TensorRTOptions,
         load_toml_options,
         parse_enum_list,
+        parse_hardware_compat,
         parse_input_size,
         parse_int_list,
     )
@@ -111,7 +126,7 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         from_file = load_toml_options(config_file)
         for key, value in from_file.items():
             if key in options and ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
-                options[key] = Path(value) if key in {"weights", "val_data", "calib_data", "out"} else value
+                options[key] = Path(value) if key in {"weights", "val_data", "calib_data", "out", "timing_cache"} else value
     missing = [f"--{k.replace('_', '-')}" for k in ("arch", "weights", "val_data", "out") if not options.get(k)]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (give them as options or in --config)")
@@ -135,6 +150,18 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         threads=options.get("threads"),
         batch_size=options["batch_size"],
         opset=options.get("opset"),
+        targets=parse_enum_list(Target, options["target"], "--target"),
+        tensorrt=TensorRTOptions(
+            workspace_mib=options.get("workspace_mib"),
+            builder_optimization_level=options.get("builder_optimization_level"),
+            timing_cache=Path(options["timing_cache"]) if options.get("timing_cache") else None,
+            version_compatible=options["version_compatible"],
+            hardware_compat=parse_hardware_compat(options["hardware_compat"]),
+            tf32=options["tf32"],
+            opt_batch_size=options.get("opt_batch_size"),
+            cuda_graph=options["cuda_graph"],
+        ),
+        require_engine=options["require_engine"],
         benchmark=BenchmarkOptions(
             batch_sizes=parse_int_list(options["batch_sizes"], "--batch-sizes"),
             warmup=options["warmup"],
@@ -222,17 +249,33 @@ def export(progress, folded: Path, out: Path, data: Path | None, opset: int | No
     return 0
 
 
-def _onnx_runners(paths: tuple[Path, ...], providers: str, threads: int | None):
-    from .engines.ort import OrtRunner, describe_onnx, parse_providers
+def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], providers: str, threads: int | None):
+    """ONNX Runtime runners for --onnx files and TensorRT runners for --engine files (at least one)."""
+    from .engines.ort import OrtRunner, describe_onnx, ort_backend_label, parse_providers
+    from .engines.trt import TensorRTRunner
     from .pipeline.report import engine_name
 
+    if not onnx_paths and not engine_paths:
+        raise UserError("give at least one --onnx model or --engine file")
+    chain = parse_providers(providers)
     runners = []
-    for path in paths:
+    for path in onnx_paths:
         precision, target = describe_onnx(path)
-        runners.append(
-            OrtRunner(path, engine_name("onnxruntime", precision, target), precision, target, parse_providers(providers), threads)
-        )
+        name = engine_name(ort_backend_label(chain), precision, target)
+        runners.append(OrtRunner(path, name, precision, target, chain, threads))
+    runners += [TensorRTRunner(path) for path in engine_paths]
     return runners
+
+
+def _runner_path(runner) -> str:
+    return str(getattr(runner, "onnx_path", None) or getattr(runner, "engine_path", ""))
+
+
+def _input_shape(runner) -> tuple[int, int, int]:
+    from .engines.ort import onnx_input_shape
+
+    chw = getattr(runner, "chw", None)
+    return tuple(chw) if chw else onnx_input_shape(runner.onnx_path)
 
 
 @cli.command(
@@ -243,11 +286,11 @@ def _onnx_runners(paths: tuple[Path, ...], providers: str, threads: int | None):
 @click.option(
     "--onnx",
     "onnx_paths",
-    required=True,
     multiple=True,
     type=click.Path(path_type=Path),
-    help="Engine(s) to validate (repeatable).",
+    help="ONNX model(s) to validate on ONNX Runtime (repeatable).",
 )
+@click.option("--engine", "engine_paths", multiple=True, type=click.Path(path_type=Path), help="TensorRT engine(s) (repeatable).")
 @click.option("--val-data", required=True, type=click.Path(path_type=Path), help="Validation images or .npz.")
 @click.option("--num-classes", type=int)
 @click.option("--input-size", help="CxHxW (default: the arch's).")
@@ -257,7 +300,7 @@ def _onnx_runners(paths: tuple[Path, ...], providers: str, threads: int | None):
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
 @_common
 def validate(
-    progress, arch, weights, onnx_paths, val_data, num_classes, input_size, providers, threads, batch_size, json_out
+    progress, arch, weights, onnx_paths, engine_paths, val_data, num_classes, input_size, providers, threads, batch_size, json_out
 ) -> int:
     """Accuracy of engines against the PyTorch reference (and labels, when the data has them)."""
     from .artifacts import write_json_atomic
@@ -269,7 +312,7 @@ def validate(
 
     model = load_model(arch, weights, num_classes, parse_input_size(input_size) if input_size else None)
     dataset = open_dataset(val_data, model.preprocess)
-    runners = _onnx_runners(onnx_paths, providers, threads)
+    runners = _runners(onnx_paths, engine_paths, providers, threads)
     accuracies = validate_all(
         PyTorchRunner(model.module, threads=threads), runners, dataset, model.num_classes, batch_size, progress
     )
@@ -278,7 +321,7 @@ def validate(
             "name": r.name,
             "precision": r.precision,
             "target": r.target,
-            "path": str(r.onnx_path),
+            "path": _runner_path(r),
             "accuracy": a.as_dict(),
             "latency": [],
         }
@@ -293,8 +336,9 @@ def validate(
 @cli.command(
     epilog="\b\nExample:\n  resnet-deploy bench --onnx out/model.fp32.onnx --arch resnet18 --weights w.pth --batch-sizes 1,8,32"
 )
+@click.option("--onnx", "onnx_paths", multiple=True, type=click.Path(path_type=Path), help="ONNX model(s) to time (repeatable).")
 @click.option(
-    "--onnx", "onnx_paths", required=True, multiple=True, type=click.Path(path_type=Path), help="Engine(s) to time (repeatable)."
+    "--engine", "engine_paths", multiple=True, type=click.Path(path_type=Path), help="TensorRT engine(s) to time (repeatable)."
 )
 @click.option("--arch", help="Also time the PyTorch reference (needs --weights).")
 @click.option("--weights", type=click.Path(path_type=Path))
@@ -306,26 +350,27 @@ def validate(
 @click.option("--iterations", type=int, default=50, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
 @_common
-def bench(progress, onnx_paths, arch, weights, data, providers, threads, batch_sizes, warmup, iterations, json_out) -> int:
+def bench(
+    progress, onnx_paths, engine_paths, arch, weights, data, providers, threads, batch_sizes, warmup, iterations, json_out
+) -> int:
     """Latency percentiles and throughput of engines (and the PyTorch reference), each in its own block."""
     import numpy as np
 
     from .artifacts import write_json_atomic
     from .config import BenchmarkOptions, parse_int_list
     from .data import Preprocess, first_images, open_dataset
-    from .engines.ort import onnx_input_shape
     from .engines.pytorch import PyTorchRunner
     from .models import load_model
     from .pipeline.benchmark import benchmark_all
 
     options = BenchmarkOptions(parse_int_list(batch_sizes, "--batch-sizes"), warmup, iterations)
-    runners = _onnx_runners(onnx_paths, providers, threads)
+    runners = _runners(onnx_paths, engine_paths, providers, threads)
+    shape = _input_shape(runners[0])
     if bool(arch) != bool(weights):
         raise UserError("--arch and --weights go together (they add the PyTorch reference); give both or neither")
     if arch:
         model = load_model(arch, weights)
         runners.insert(0, PyTorchRunner(model.module, threads=threads))
-    shape = onnx_input_shape(onnx_paths[0])
     if data is not None:
         images = first_images(open_dataset(data, Preprocess(input_size=shape), option="--data"), max(options.batch_sizes))
     else:
@@ -364,7 +409,9 @@ def _print_summary(report: dict[str, Any]) -> None:
         cells = [row["name"]]
         acc = row.get("accuracy")
         if has_accuracy:
-            if acc is None:
+            if row.get("error"):
+                cells += ["not built", "", "", ""]
+            elif acc is None:
                 top1 = report["reference"].get("top1")
                 cells += ["reference", "", "n/a" if top1 is None else f"{top1 * 100:.2f}%", ""]
             else:

@@ -31,6 +31,22 @@ class Target(str, enum.Enum):
         return self.value
 
 
+class HardwareCompat(str, enum.Enum):
+    """Which GPUs a TensorRT engine must run on besides the one that built it (`--hardware-compat`)."""
+
+    NONE = "none"  # only GPUs of the building GPU's kind (fastest)
+    AMPERE_PLUS = "ampere+"  # any Ampere or newer GPU (compute capability 8.0+)
+    SAME_CC = "same-cc"  # any GPU of the building GPU's compute capability
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def trt_name(self) -> str:
+        """The member name of `tensorrt.HardwareCompatibilityLevel`."""
+        return {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[self.value]
+
+
 def parse_enum_list(kind: type[enum.Enum], text: str, option: str) -> tuple:
     """'fp32,int8' -> (Precision.FP32, Precision.INT8); unknown names raise a UserError."""
     values = []
@@ -87,6 +103,60 @@ class BenchmarkOptions:
             raise UserError("benchmark: --batch-sizes must be whole numbers >= 1")
 
 
+MAX_WORKSPACE_MIB = 1 << 20  # 1 TiB: anything larger is a typo
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """How TensorRT engines are built and run (`build --target tensorrt`). None means TensorRT's default."""
+
+    workspace_mib: int | None = None  # limit of the builder's scratch memory pool
+    builder_optimization_level: int | None = None  # 0..5; TensorRT's default is 3
+    timing_cache: Path | None = None  # loaded before and saved after each build, so a rebuild is fast
+    version_compatible: bool = False  # the engine also runs on later TensorRT versions (a bit slower)
+    hardware_compat: HardwareCompat = HardwareCompat.NONE
+    tf32: bool = False  # let FP32 layers use TF32 tensor cores (off: FP32 stays FP32)
+    opt_batch_size: int | None = None  # the profile's opt batch (default: the median of --batch-sizes)
+    cuda_graph: bool = False  # replay batch-1 inference from a captured CUDA graph
+
+    def __post_init__(self) -> None:
+        if self.workspace_mib is not None and not 1 <= self.workspace_mib <= MAX_WORKSPACE_MIB:
+            raise UserError(f"--workspace-mib must be between 1 and {MAX_WORKSPACE_MIB}, got {self.workspace_mib}")
+        level = self.builder_optimization_level
+        if level is not None and not 0 <= level <= 5:
+            raise UserError(f"--builder-optimization-level must be 0..5 (TensorRT's default is 3), got {level}")
+        if not isinstance(self.hardware_compat, HardwareCompat):
+            raise UserError(f"--hardware-compat: expected one of {', '.join(h.value for h in HardwareCompat)}")
+        if self.opt_batch_size is not None and self.opt_batch_size < 1:
+            raise UserError(f"--opt-batch-size must be >= 1, got {self.opt_batch_size}")
+        if self.timing_cache is not None:
+            cache = Path(self.timing_cache)
+            if cache.is_dir():
+                raise UserError(f"--timing-cache {cache} is a folder; give a file path (it is created if missing)")
+            if not cache.parent.is_dir():
+                raise UserError(f"--timing-cache {cache}: folder {cache.parent} does not exist; create it first")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workspace_mib": self.workspace_mib,
+            "builder_optimization_level": self.builder_optimization_level,
+            "timing_cache": None if self.timing_cache is None else str(self.timing_cache),
+            "version_compatible": self.version_compatible,
+            "hardware_compat": self.hardware_compat.value,
+            "tf32": self.tf32,
+            "opt_batch_size": self.opt_batch_size,
+            "cuda_graph": self.cuda_graph,
+        }
+
+
+def parse_hardware_compat(text: str) -> HardwareCompat:
+    try:
+        return HardwareCompat(text.strip().lower())
+    except ValueError:
+        valid = ", ".join(h.value for h in HardwareCompat)
+        raise UserError(f"--hardware-compat: unknown value {text!r}; valid values: {valid}") from None
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything `resnet-deploy build` needs. Paths are resolved by the caller."""
@@ -105,6 +175,8 @@ class BuildConfig:
     batch_size: int = 32
     opset: int | None = None
     benchmark: BenchmarkOptions = field(default_factory=BenchmarkOptions)
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+    require_engine: bool = False  # no TensorRT/GPU for --target tensorrt is an error (exit 2), not a skip
     force: bool = False
 
 
@@ -126,6 +198,11 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "batch_sizes": str,
     "warmup": int,
     "iterations": int,
+    "workspace_mib": int,
+    "builder_optimization_level": int,
+    "timing_cache": str,
+    "hardware_compat": str,
+    "opt_batch_size": int,
 }
 
 
@@ -149,7 +226,7 @@ def load_toml_options(path: Path) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, expected):
             name = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
             raise UserError(f"config file {path}: key {key!r} must be a {name}, got {type(value).__name__}")
-        if key in {"weights", "val_data", "calib_data", "out"}:
+        if key in {"weights", "val_data", "calib_data", "out", "timing_cache"}:
             value = str((Path(path).parent / value).resolve())
         options[key] = value
     return options

@@ -90,3 +90,17 @@ def console_script() -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([str(console_script()), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need TensorRT and an NVIDIA GPU: skip them here, saying which is missing."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    from resnet_deploy.engines.trt import missing_message, missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        skip = pytest.mark.skip(reason=f"{missing_message(missing)} (on a GPU machine: scripts/gpu-check.sh)")
+        for item in gpu_items:
+            item.add_marker(skip)

@@ -51,6 +51,10 @@ class Runner(abc.ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (GPU runners); a no-op on the CPU."""
 
+    def device_ms(self) -> float | None:
+        """GPU compute time of the last `infer` in ms (CUDA events), for GPU runners that measure it; else None."""
+        return None
+
     @abc.abstractmethod
     def _activate(self) -> None: ...
 

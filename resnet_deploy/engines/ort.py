@@ -29,6 +29,27 @@ def parse_providers(text: str) -> tuple[str, ...]:
     return (*names, "cpu")
 
 
+def _preload_cuda_libraries(ort) -> None:
+    """Let ONNX Runtime's GPU providers find the CUDA/cuDNN libraries of the nvidia-* pip packages.
+
+    onnxruntime-gpu is built for one CUDA major version (12.x for 1.24), which may differ from PyTorch's;
+    `pip install onnxruntime-gpu[cuda,cudnn]` brings its own, and this loads them (silently: a provider
+    that still cannot start is reported by the check below).
+    """
+    import contextlib
+    import io
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+            preload()
+
+
+def ort_backend_label(providers: tuple[str, ...]) -> str:
+    """`onnxruntime` on the CPU; `onnxruntime-cuda` / `onnxruntime-tensorrt` when a GPU provider comes first."""
+    return "onnxruntime" if providers[0] == "cpu" else f"onnxruntime-{providers[0]}"
+
+
 class OrtRunner(Runner):
     backend = "onnxruntime"
 
@@ -54,6 +75,8 @@ class OrtRunner(Runner):
 
         available = ort.get_available_providers()
         wanted = [PROVIDERS[p] for p in self.providers]
+        if len(wanted) > 1:
+            _preload_cuda_libraries(ort)
         absent = [p for p in wanted if p not in available]
         if absent:
             raise MissingDependency(

@@ -29,14 +29,23 @@ class Latency:
     min_ms: float
     max_ms: float
     throughput_ips: float  # images per second at the mean latency
+    # GPU runners only: compute time on the device (CUDA events around the engine's execution, without the
+    # host<->device copies). The fields above are then the end-to-end time of a call, copies included.
+    gpu_p50_ms: float | None = None
+    gpu_p99_ms: float | None = None
+    gpu_mean_ms: float | None = None
 
     def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if value is not None or not key.startswith("gpu_")}
 
     @classmethod
-    def from_samples(cls, batch_size: int, samples_ms: np.ndarray) -> "Latency":
+    def from_samples(cls, batch_size: int, samples_ms: np.ndarray, device_ms: np.ndarray | None = None) -> "Latency":
         p50, p90, p95, p99 = np.percentile(samples_ms, [50, 90, 95, 99])
         mean = float(samples_ms.mean())
+        gpu: dict[str, float] = {}
+        if device_ms is not None and device_ms.size:
+            gpu_p50, gpu_p99 = np.percentile(device_ms, [50, 99])
+            gpu = {"gpu_p50_ms": float(gpu_p50), "gpu_p99_ms": float(gpu_p99), "gpu_mean_ms": float(device_ms.mean())}
         return cls(
             batch_size=batch_size,
             iterations=int(samples_ms.size),
@@ -49,6 +58,7 @@ class Latency:
             min_ms=float(samples_ms.min()),
             max_ms=float(samples_ms.max()),
             throughput_ips=batch_size * 1000.0 / mean if mean > 0 else 0.0,
+            **gpu,
         )
 
 
@@ -58,21 +68,27 @@ def make_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([images] * reps)[:batch_size], dtype=np.float32)
 
 
-def time_calls(runner: Runner, batch: np.ndarray, warmup: int, iterations: int, max_seconds: float) -> np.ndarray:
-    """Milliseconds per call, measured with perf_counter after the runner synchronised."""
+def time_calls(
+    runner: Runner, batch: np.ndarray, warmup: int, iterations: int, max_seconds: float
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Milliseconds per call, measured with perf_counter after the runner synchronised, and the runner's
+    own GPU compute time per call when it measures one (CUDA events), else None."""
     for _ in range(warmup):
         runner.infer(batch)
     runner.synchronize()
-    samples = []
+    samples, device = [], []
     started = time.perf_counter()
     for i in range(iterations):
         t0 = time.perf_counter()
         runner.infer(batch)
         runner.synchronize()
         samples.append((time.perf_counter() - t0) * 1000.0)
+        device_ms = runner.device_ms()
+        if device_ms is not None:
+            device.append(device_ms)
         if i >= 4 and time.perf_counter() - started > max_seconds:
             break
-    return np.array(samples, dtype=np.float64)
+    return np.array(samples, dtype=np.float64), (np.array(device, dtype=np.float64) if device else None)
 
 
 def benchmark(runner: Runner, images: np.ndarray, options: BenchmarkOptions, progress: Progress = Progress()) -> list[Latency]:
@@ -80,8 +96,8 @@ def benchmark(runner: Runner, images: np.ndarray, options: BenchmarkOptions, pro
     results = []
     for batch_size in progress.track(options.batch_sizes, total=len(options.batch_sizes), description=f"bench {runner.name}"):
         batch = make_batch(images, batch_size)
-        samples = time_calls(runner, batch, options.warmup, options.iterations, options.max_seconds)
-        results.append(Latency.from_samples(batch_size, samples))
+        samples, device_ms = time_calls(runner, batch, options.warmup, options.iterations, options.max_seconds)
+        results.append(Latency.from_samples(batch_size, samples, device_ms))
     return results
 
 

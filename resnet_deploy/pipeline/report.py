@@ -20,9 +20,13 @@ SCHEMA = "resnet-deploy/report/v1"
 
 
 def engine_name(backend: str, precision: str, target: str | None) -> str:
-    """`<backend>-<precision>`, plus `-<target>` when the model was made for another consumer."""
+    """`<backend>-<precision>`, plus `-<target>` when the model was made for another consumer.
+
+    A backend may name its device: `onnxruntime-cuda` (ONNX Runtime on its CUDA execution provider) is
+    still onnxruntime, so `onnxruntime-cuda-int8` runs the INT8 model made for onnxruntime.
+    """
     name = f"{backend}-{precision}"
-    return f"{name}-{target}" if target and target != backend else name
+    return f"{name}-{target}" if target and target != backend.split("-")[0] else name
 
 
 @dataclass
@@ -84,6 +88,16 @@ def _gpu_name() -> str | None:
     return None
 
 
+def _tensorrt_version() -> str | None:
+    """The importable TensorRT's version (the pip distributions are named per CUDA version), or None."""
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except Exception:  # noqa: BLE001 - not installed, or its libraries are missing
+        return None
+
+
 def environment(threads: int | None) -> dict[str, Any]:
     """Host and versions: what a latency number needs to be compared like with like."""
     import torch
@@ -105,6 +119,8 @@ def environment(threads: int | None) -> dict[str, Any]:
             "timm": _version("timm"),
             "onnx": _version("onnx"),
             "onnxruntime": _version("onnxruntime-gpu") or _version("onnxruntime"),
+            "polygraphy": _version("polygraphy"),
+            "tensorrt": _tensorrt_version(),
             "numpy": _version("numpy"),
         },
     }
@@ -165,6 +181,12 @@ def _latency_at(latency: list[dict[str, Any]], batch_size: int) -> dict[str, Any
     return next((row for row in latency if row["batch_size"] == batch_size), None)
 
 
+def _ms_cell(row: dict[str, Any], stat: str) -> str:
+    cell = f"{row[f'{stat}_ms']:.2f}"
+    gpu = row.get(f"gpu_{stat}_ms")
+    return cell if gpu is None else f"{cell} ({gpu:.2f})"
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """A readable page from a report dict (works on a report.json read back from disk)."""
     model, fold, export = report["model"], report["fold"], report["export"]
@@ -212,11 +234,11 @@ def to_markdown(report: dict[str, Any]) -> str:
             for b in batch_sizes:
                 row = _latency_at(entry["latency"], b)
                 cells += (
-                    ["n/a"] * 3
-                    if row is None
-                    else [f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}", f"{row['throughput_ips']:.1f}"]
+                    ["n/a"] * 3 if row is None else [_ms_cell(row, "p50"), _ms_cell(row, "p99"), f"{row['throughput_ips']:.1f}"]
                 )
             lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
+        if any(row.get("gpu_p50_ms") is not None for e in report["engines"] for row in e.get("latency", [])):
+            lines += ["", "GPU engines: end-to-end time with host copies (GPU compute time alone in brackets)."]
     if report.get("stages"):
         lines += ["", "## Stages (wall seconds)", ""]
         lines += [f"- {name}: {seconds:.1f}" for name, seconds in report["stages"].items()]

@@ -1,0 +1,519 @@
+"""TensorRT engines: a strongly typed build from an ONNX file (through polygraphy), its manifest, a runner.
+
+Targets TensorRT 10.x and 11.x. The network is always strongly typed: TensorRT 11 knows no other kind,
+and on TensorRT 10 `NetworkFromOnnxPath(strongly_typed=True)` sets `NetworkDefinitionCreationFlag.STRONGLY_TYPED`
+(TensorRT 11 accepts the flag and ignores it). So the ONNX decides every tensor's precision: FP32 ONNX ->
+FP32 engine (TF32 only with --tf32), FP16 ONNX (ModelOpt AutoCast) -> FP16, Q/DQ ONNX -> INT8. No
+precision builder flags, no calibrator.
+
+Only `build_engine` and the runner's `_activate` / `_infer` need TensorRT and a GPU. The rest is plain
+Python checked on the CPU: the batch profile, the polygraphy loader chain (polygraphy's loaders are lazy
+and import TensorRT only when called), the manifest and its compatibility check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import EngineArtifact, OnnxArtifact, atomic_path, sha256_file, sidecar_path, write_json_atomic
+from ..config import HardwareCompat, TensorRTOptions
+from ..errors import CheckFailed, MissingDependency, UserError
+from .base import Runner
+
+MIN_TENSORRT_MAJOR = 10
+AMPERE = (8, 0)
+
+
+def engine_file_name(precision: str) -> str:
+    return f"model.{precision}.engine"
+
+
+# ------------------------------------------------------------------------------------- availability
+
+
+def missing_requirements() -> list[str]:
+    """What this machine lacks for building and running TensorRT engines (empty when nothing)."""
+    missing = []
+    try:
+        import tensorrt
+
+        version = str(tensorrt.__version__)
+        if version_tuple(version)[:1] < (MIN_TENSORRT_MAJOR,):
+            missing.append(f"TensorRT {MIN_TENSORRT_MAJOR} or newer (found {version})")
+    except Exception as exc:  # noqa: BLE001 - ImportError, or OSError when the bindings lack their libraries
+        missing.append(f"TensorRT (no importable `tensorrt` module: {type(exc).__name__}; pip install 'resnet-deploy[tensorrt]')")
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - a broken CUDA setup means no usable GPU
+        has_gpu = False
+    if not has_gpu:
+        missing.append("an NVIDIA GPU (CUDA sees no device)")
+    return missing
+
+
+def missing_message(missing: list[str]) -> str:
+    return f"TensorRT engines need TensorRT and an NVIDIA GPU; missing here: {'; '.join(missing)}"
+
+
+def require_tensorrt() -> None:
+    missing = missing_requirements()
+    if missing:
+        raise MissingDependency(missing_message(missing))
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'10.13.3.9' -> (10, 13, 3, 9); trailing non-numeric parts (rc, post) are ignored."""
+    parts = []
+    for part in str(version).split("."):
+        match = re.match(r"\d+", part)
+        if not match:
+            break
+        parts.append(int(match.group()))
+    return tuple(parts)
+
+
+# ----------------------------------------------------------------------------- machine and manifest
+
+
+@dataclass(frozen=True)
+class TrtEnvironment:
+    """The TensorRT version and GPU an engine is built or run with."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.6"
+    driver: str | None
+
+    @classmethod
+    def current(cls) -> "TrtEnvironment":
+        import tensorrt
+        import torch
+
+        device = torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(device)
+        return cls(str(tensorrt.__version__), torch.cuda.get_device_name(device), f"{major}.{minor}", _driver_version())
+
+    def gpu(self) -> dict[str, Any]:
+        return {"name": self.gpu_name, "compute_capability": self.compute_capability, "driver": self.driver}
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver version (NVML, from nvidia-ml-py), or None when it cannot be read."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # noqa: BLE001 - the driver version is informative only
+        return None
+
+
+def _capability(text: str) -> tuple[int, int]:
+    major, _, minor = str(text).partition(".")
+    return (int(major), int(minor or 0))
+
+
+def check_compatible(engine: EngineArtifact, here: TrtEnvironment) -> list[str]:
+    """Refuse, before deserializing, an engine that this TensorRT and GPU cannot run (UserError naming both).
+
+    Rules (TensorRT's): a plain engine runs only on the TensorRT version that built it; a version-compatible
+    one on that version or newer. Hardware: `none` and `same-cc` need the same compute capability, `ampere+`
+    any GPU of compute capability 8.0 or newer. Returns warnings for engines that run, but maybe slower.
+    """
+    built_gpu = engine.gpu
+    version_compatible = bool(engine.build.get("version_compatible"))
+    try:
+        level = HardwareCompat(engine.build.get("hardware_compat", HardwareCompat.NONE.value))
+    except ValueError:
+        raise UserError(f"{sidecar_path(engine.path)}: unknown hardware_compat; rebuild the engine") from None
+    problem = None
+    if version_compatible and version_tuple(here.tensorrt_version) < version_tuple(engine.tensorrt_version):
+        problem = "a version-compatible engine needs the TensorRT that built it or a newer one"
+    elif not version_compatible and here.tensorrt_version != engine.tensorrt_version:
+        problem = "an engine runs only on the TensorRT version that built it (unless built with --version-compatible)"
+    elif level is HardwareCompat.AMPERE_PLUS and _capability(here.compute_capability) < AMPERE:
+        problem = "an engine built with --hardware-compat ampere+ needs a GPU of compute capability 8.0 or newer"
+    elif level is not HardwareCompat.AMPERE_PLUS and here.compute_capability != built_gpu["compute_capability"]:
+        problem = f"an engine built with --hardware-compat {level} runs only on GPUs of the compute capability it was built on"
+    if problem:
+        raise UserError(
+            f"{engine.path.name} was built with TensorRT {engine.tensorrt_version} on {built_gpu['name']} "
+            f"(compute capability {built_gpu['compute_capability']}); this machine has TensorRT {here.tensorrt_version} "
+            f"on {here.gpu_name} (compute capability {here.compute_capability}): {problem}; rebuild it here "
+            "(resnet-deploy build --target tensorrt)"
+        )
+    if level is HardwareCompat.NONE and built_gpu["name"] != here.gpu_name:
+        return [
+            f"{engine.path.name} was built on {built_gpu['name']} and runs on {here.gpu_name} (same compute capability): "
+            "TensorRT may have picked kernels that are slower here; rebuild it here for the best speed"
+        ]
+    return []
+
+
+# ---------------------------------------------------------------------------------------- the build
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The engine's one optimization profile over the batch axis: TensorRT tunes its kernels for `opt`."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise UserError(f"TensorRT profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+
+    @classmethod
+    def from_batch_sizes(cls, batch_sizes: tuple[int, ...], opt: int | None = None) -> "BatchProfile":
+        """min = smallest, max = largest of the benchmarked batch sizes; opt = `opt` or their median.
+
+        For an even count the upper median is taken (1,8 -> 8; 1,8,64,128 -> 64): the larger sizes are
+        the ones where kernel choice matters most for throughput. Pass --opt-batch-size to choose.
+        """
+        sizes = sorted(set(batch_sizes))
+        if not sizes or sizes[0] < 1:
+            raise UserError("--batch-sizes must list whole numbers >= 1")
+        low, high = sizes[0], sizes[-1]
+        if opt is None:
+            opt = sizes[len(sizes) // 2]
+        elif not low <= opt <= high:
+            raise UserError(f"--opt-batch-size {opt} is outside {low}..{high} (the range of --batch-sizes); choose a size in it")
+        return cls(low, opt, high)
+
+    def shapes(self, chw: tuple[int, int, int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        return ((self.min, *chw), (self.opt, *chw), (self.max, *chw))
+
+    def as_dict(self) -> dict[str, int]:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
+
+
+@dataclass(frozen=True)
+class EngineBuildChain:
+    """The polygraphy loaders of one engine build; calling `save` builds the engine and writes it."""
+
+    network: Any  # NetworkFromOnnxPath(strongly_typed=True)
+    config: Any  # CreateConfig: profile, TF32, timing cache, optimization level, version compatibility
+    builder_config: Any  # PostprocessConfig over `config`: workspace limit and hardware compatibility
+    engine: Any  # EngineFromNetwork: builds, saves the timing cache, deserializes
+    save: Any  # SaveEngine
+
+
+def engine_build_chain(
+    onnx_path: Path,
+    engine_path: Path,
+    input_name: str,
+    chw: tuple[int, int, int],
+    options: TensorRTOptions,
+    profile: BatchProfile,
+) -> EngineBuildChain:
+    """polygraphy's loaders for a strongly typed build of `onnx_path` into `engine_path`; nothing runs yet."""
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessConfig,
+        Profile,
+        SaveEngine,
+    )
+
+    low, opt, high = profile.shapes(chw)
+    cache = None if options.timing_cache is None else str(options.timing_cache)
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    with quiet_polygraphy():  # CreateConfig logs a note about TF32 when it is made
+        config = CreateConfig(
+            tf32=options.tf32,
+            profiles=[Profile().add(input_name, min=low, opt=opt, max=high)],
+            load_timing_cache=cache,
+            builder_optimization_level=options.builder_optimization_level,
+            version_compatible=options.version_compatible,
+        )
+    # polygraphy takes the workspace limit and the hardware compatibility level as TensorRT enum values,
+    # which would import TensorRT right here; set them when the config is made instead, so this chain
+    # can be constructed (and checked) on machines without TensorRT.
+    builder_config = PostprocessConfig(config, func=functools.partial(_set_enum_options, options))
+    engine = EngineFromNetwork(network, config=builder_config, save_timing_cache=cache)
+    return EngineBuildChain(network, config, builder_config, engine, SaveEngine(engine, path=str(engine_path)))
+
+
+def _set_enum_options(options: TensorRTOptions, builder: Any, network: Any, config: Any) -> None:
+    import tensorrt as trt
+
+    if options.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    if options.hardware_compat is not HardwareCompat.NONE:
+        level = getattr(trt.HardwareCompatibilityLevel, options.hardware_compat.trt_name, None)
+        if level is None:
+            raise MissingDependency(
+                f"--hardware-compat {options.hardware_compat} needs a newer TensorRT (this {trt.__version__} lacks "
+                f"HardwareCompatibilityLevel.{options.hardware_compat.trt_name})"
+            )
+        config.hardware_compatibility_level = level
+
+
+def quiet_polygraphy() -> contextlib.AbstractContextManager:
+    """Only errors from polygraphy (and TensorRT's log, which it relays) reach the terminal."""
+    from polygraphy.logger import G_LOGGER
+
+    return G_LOGGER.verbosity(G_LOGGER.ERROR)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def build_engine(model: OnnxArtifact, path: Path, options: TensorRTOptions, profile: BatchProfile) -> EngineArtifact:
+    """Build a strongly typed engine from `model` into `path` (atomically), with its manifest beside it."""
+    import polygraphy
+    from polygraphy.exception import PolygraphyException
+
+    require_tensorrt()
+    here = TrtEnvironment.current()
+    path = Path(path)
+    chw = tuple(int(d) for d in model.preprocess["input_size"])
+    started = time.perf_counter()
+    with atomic_path(path) as tmp:
+        chain = engine_build_chain(model.path, tmp, model.input_name, chw, options, profile)
+        try:
+            with quiet_polygraphy():
+                chain.save()
+        except PolygraphyException as exc:
+            raise CheckFailed(f"TensorRT could not build an engine from {model.path.name}: {_first_line(exc)}") from None
+        digest = sha256_file(tmp)
+    artifact = EngineArtifact(
+        path=path,
+        arch=model.arch,
+        num_classes=model.num_classes,
+        preprocess=model.preprocess,
+        precision=model.precision,
+        target=model.target,
+        input_name=model.input_name,
+        output_name=model.output_name,
+        tensorrt_version=here.tensorrt_version,
+        gpu=here.gpu(),
+        build={"strongly_typed": True, **options.as_dict(), "polygraphy": polygraphy.__version__},
+        profile=profile.as_dict(),
+        source_onnx=model.path.name,
+        source_onnx_sha256=sha256_file(model.path),
+        build_seconds=round(time.perf_counter() - started, 3),
+        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_json_atomic(sidecar_path(path), {**artifact.metadata(), "sha256": digest})
+    return artifact
+
+
+# ---------------------------------------------------------------------------------------- the runner
+
+
+@dataclass
+class _Buffers:
+    """Everything one batch size needs, allocated once: pinned host and device input/output, a CUDA graph."""
+
+    host_in: Any
+    device_in: Any
+    device_out: Any
+    host_out: Any
+    graph: Any = None
+
+
+class TensorRTRunner(Runner):
+    """Runs a serialized engine: pinned host buffers, device buffers per batch size, one CUDA stream.
+
+    `device_ms()` is the GPU compute time of the last call (CUDA events around the engine's execution);
+    the benchmark's own timing of `infer` is the end-to-end time with both host copies. With
+    `cuda_graph`, batch 1 is captured once into a CUDA graph and replayed.
+
+    polygraphy's TrtRunner is not used for this timed path: it synchronizes inside every call and
+    allocates outputs through an allocator, so its work can neither be captured in a CUDA graph nor
+    timed apart from host work. It is the independent reference in the GPU tests.
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_path: Path, name: str | None = None, cuda_graph: bool = False) -> None:
+        from ..pipeline.report import engine_name
+
+        self.engine_path = Path(engine_path)
+        self.artifact = EngineArtifact.read(self.engine_path)  # manifest + sha256; needs no TensorRT
+        a = self.artifact
+        super().__init__(name or engine_name(self.backend, a.precision, a.target), a.precision, a.target)
+        self.cuda_graph = cuda_graph
+        self.chw = tuple(int(d) for d in a.preprocess["input_size"])
+        self.warnings: list[str] = []
+        self.graph_error: str | None = None
+        self._device_ms: float | None = None
+
+    # -- lifecycle
+
+    def _activate(self) -> None:
+        require_tensorrt()
+        self.warnings = check_compatible(self.artifact, TrtEnvironment.current())
+        import tensorrt as trt
+        import torch
+        from polygraphy.backend.trt import EngineFromBytes
+        from polygraphy.backend.trt import util as trt_util
+        from polygraphy.exception import PolygraphyException
+
+        self._runtime = trt.Runtime(trt_util.get_trt_logger())
+        try:
+            with quiet_polygraphy():
+                engine = EngineFromBytes(self.engine_path.read_bytes(), runtime=self._runtime)()
+        except PolygraphyException as exc:
+            raise CheckFailed(f"TensorRT could not load {self.engine_path.name}: {_first_line(exc)}") from None
+        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+        a = self.artifact
+        if not {a.input_name, a.output_name} <= names:
+            raise CheckFailed(f"{self.engine_path.name} has tensors {sorted(names)}, not {a.input_name}/{a.output_name}")
+        context = engine.create_execution_context()
+        if context is None:
+            raise CheckFailed(f"TensorRT could not create an execution context for {self.engine_path.name} (GPU memory?)")
+        self._engine, self._context = engine, context
+        self._in_dtype = _torch_dtype(engine.get_tensor_dtype(a.input_name))
+        self._out_dtype = _torch_dtype(engine.get_tensor_dtype(a.output_name))
+        self._stream = torch.cuda.Stream()
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self._buffers: dict[int, _Buffers] = {}
+        self._bound: int | None = None
+
+    def _deactivate(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.synchronize()
+        for name in ("_buffers", "_context", "_engine", "_runtime", "_stream", "_start", "_end"):
+            if hasattr(self, name):
+                delattr(self, name)  # graphs and buffers before the context, the context before the engine
+
+    # -- inference
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """Batches outside the profile are run in chunks of at most `max`, a short one padded up to `min`."""
+        low, high = self.artifact.profile["min"], self.artifact.profile["max"]
+        outputs, device_ms = [], 0.0
+        for start in range(0, len(batch), high):
+            chunk = batch[start : start + high]
+            padded = chunk if len(chunk) >= low else np.concatenate([chunk, np.repeat(chunk[-1:], low - len(chunk), 0)])
+            outputs.append(self._run(padded)[: len(chunk)])
+            device_ms += self._device_ms or 0.0
+        self._device_ms = device_ms
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        buffers = self._buffers_for(len(batch))
+        buffers.host_in.copy_(torch.from_numpy(batch))  # into pinned memory (casting if the engine's input is not FP32)
+        with torch.cuda.stream(self._stream):
+            buffers.device_in.copy_(buffers.host_in, non_blocking=True)
+            self._start.record(self._stream)
+            if buffers.graph is not None:
+                buffers.graph.replay()
+            else:
+                self._execute()
+            self._end.record(self._stream)
+            buffers.host_out.copy_(buffers.device_out, non_blocking=True)
+        self._stream.synchronize()
+        self._device_ms = self._start.elapsed_time(self._end)
+        return buffers.host_out.float().numpy().copy()
+
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(self._stream.cuda_stream):
+            raise CheckFailed(f"TensorRT failed to run {self.engine_path.name} (execute_async_v3 returned False)")
+
+    def _buffers_for(self, n: int) -> _Buffers:
+        buffers = self._buffers.get(n)
+        if buffers is None:
+            buffers = self._buffers[n] = self._allocate(n)
+        elif self._bound != n:
+            self._bind(n, buffers)
+        return buffers
+
+    def _allocate(self, n: int) -> _Buffers:
+        import torch
+
+        a = self.artifact
+        shape = (n, *self.chw)
+        if not self._context.set_input_shape(a.input_name, shape):
+            raise CheckFailed(f"{self.engine_path.name} refused input shape {shape} (profile {a.profile})")
+        out_shape = tuple(self._context.get_tensor_shape(a.output_name))
+        buffers = _Buffers(
+            host_in=torch.empty(shape, dtype=self._in_dtype, pin_memory=True),
+            device_in=torch.empty(shape, dtype=self._in_dtype, device="cuda"),
+            device_out=torch.empty(out_shape, dtype=self._out_dtype, device="cuda"),
+            host_out=torch.empty(out_shape, dtype=self._out_dtype, pin_memory=True),
+        )
+        self._bind(n, buffers)
+        if self.cuda_graph and n == 1:
+            buffers.graph = self._capture()
+        return buffers
+
+    def _bind(self, n: int, buffers: _Buffers) -> None:
+        a = self.artifact
+        ok = self._context.set_input_shape(a.input_name, (n, *self.chw))
+        ok = ok and self._context.set_tensor_address(a.input_name, buffers.device_in.data_ptr())
+        ok = ok and self._context.set_tensor_address(a.output_name, buffers.device_out.data_ptr())
+        if not ok:
+            raise CheckFailed(f"TensorRT refused the buffers for batch {n} of {self.engine_path.name}")
+        self._bound = n
+
+    def _capture(self) -> Any:
+        """The engine's execution at the bound shape as a CUDA graph, or None (reason in `graph_error`)."""
+        import torch
+
+        with torch.cuda.stream(self._stream):
+            self._execute()  # one plain run first: TensorRT finishes shape-dependent setup outside the capture
+        self._stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=self._stream):
+                self._execute()
+        except RuntimeError as exc:
+            self.graph_error = _first_line(exc)
+            return None
+        return graph
+
+    def device_ms(self) -> float | None:
+        return self._device_ms
+
+    def synchronize(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.synchronize()
+
+    def describe(self) -> dict[str, object]:
+        a = self.artifact
+        graph: object = False
+        if self.cuda_graph:
+            graph = f"not captured: {self.graph_error}" if self.graph_error else "batch 1"
+        return {
+            "tensorrt": a.tensorrt_version,
+            "gpu": a.gpu,
+            "path": str(self.engine_path),
+            "profile": a.profile,
+            "build": a.build,
+            "cuda_graph": graph,
+            "warnings": list(self.warnings),
+        }
+
+
+def _torch_dtype(trt_dtype: Any) -> Any:
+    """A TensorRT data type as a torch dtype, through polygraphy's type table."""
+    from polygraphy.datatype import DataType
+
+    return DataType.to_dtype(DataType.from_dtype(trt_dtype, source_module="tensorrt"), "torch")

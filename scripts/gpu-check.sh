@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: install the `tensorrt` extra, run the whole pipeline with
+# `--target tensorrt` on the digits ResNet-18 and on a ResNet-50, run the GPU tests (`pytest -m gpu`),
+# and print one table: engine, precision, top-1 agreement, p50/p99 ms and throughput at batch 1/8/64/128.
+#
+# Environment (all optional):
+#   PYTHON=python3            interpreter for the venv (`make install`)
+#   OUT=gpu-check             working folder (data, builds, reports)
+#   PRECISIONS=fp32           precisions to build (fp32,fp16,int8 once the FP16/INT8 stages are in)
+#   RESNET50_WEIGHTS=...      a ResNet-50 state_dict; default: seeded random weights (agreement only)
+#   RESNET50_VAL=...          validation images for ResNet-50; default: the digits validation folder
+#   ORT_GPU=1                 also build and time ONNX Runtime on its CUDA execution provider (installs
+#                             onnxruntime-gpu[cuda,cudnn], the CUDA libraries it was built for); 0 to skip
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-gpu-check}
+PRECISIONS=${PRECISIONS:-fp32}
+ORT_GPU=${ORT_GPU:-1}
+BIN=.venv/bin
+mkdir -p "$OUT"
+
+if ! nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader; then
+    echo "gpu-check: nvidia-smi found no NVIDIA GPU; run this on a machine that has one" >&2
+    exit 2
+fi
+make install PYTHON="${PYTHON:-python3}" || exit 2
+"$BIN/pip" install --quiet -c requirements/constraints.txt -e '.[tensorrt]' || exit 2
+if [ "$ORT_GPU" = 1 ]; then  # onnxruntime-gpu's own CUDA/cuDNN libraries (its CUDA major may differ from torch's)
+    "$BIN/pip" install --quiet -c requirements/constraints.txt 'onnxruntime-gpu[cuda,cudnn]' || exit 2
+fi
+"$BIN/python" - <<'EOF' || exit 2
+from resnet_deploy.engines.trt import missing_message, missing_requirements
+
+missing = missing_requirements()
+if missing:
+    raise SystemExit(f"gpu-check: {missing_message(missing)}")
+import tensorrt, torch, polygraphy, onnxruntime
+
+print(f"TensorRT {tensorrt.__version__}, polygraphy {polygraphy.__version__}, torch {torch.__version__} "
+      f"(CUDA {torch.version.cuda}), onnxruntime {onnxruntime.__version__}, GPU {torch.cuda.get_device_name()}")
+EOF
+
+status=0
+REPORTS=()
+run_build() {  # label, then the build arguments
+    local label=$1
+    shift
+    echo "== build: $label"
+    if "$BIN/resnet-deploy" build --force --batch-sizes 1,8,64,128 --warmup 5 --iterations 50 \
+        --timing-cache "$OUT/timing.cache" "$@"; then
+        REPORTS+=("$label=$OUT/$label/report.json")
+    else
+        echo "gpu-check: build $label failed" >&2
+        status=1
+    fi
+}
+
+# 1. the digits ResNet-18 (trained here, ~99% top-1)
+DATA=$OUT/digits-data
+[ -f "$DATA/weights.pth" ] || "$BIN/python" -m resnet_deploy.examples.digits --out "$DATA" || exit 1
+DIGITS=(--arch resnet18 --weights "$DATA/weights.pth" --input-size 3x32x32
+        --calib-data "$DATA/calib" --val-data "$DATA/val" --precision "$PRECISIONS")
+run_build digits --target onnxruntime,tensorrt --require-engine --cuda-graph "${DIGITS[@]}" --out "$OUT/digits"
+
+# 2. ResNet-50 at 224x224 (random weights unless RESNET50_WEIGHTS is given: then agreement is what counts)
+R50_WEIGHTS=${RESNET50_WEIGHTS:-$OUT/resnet50-random.pth}
+if [ ! -f "$R50_WEIGHTS" ]; then
+    "$BIN/python" -c "
+import timm, torch
+torch.manual_seed(0)
+model = timm.create_model('resnet50', pretrained=False, zero_init_last=False)
+torch.save(model.state_dict(), '$R50_WEIGHTS')" || exit 1
+fi
+R50_VAL=${RESNET50_VAL:-$DATA/val}
+R50=(--arch resnet50 --weights "$R50_WEIGHTS" --calib-data "$R50_VAL" --val-data "$R50_VAL" --precision "$PRECISIONS")
+run_build resnet50 --target onnxruntime,tensorrt --require-engine --cuda-graph "${R50[@]}" --out "$OUT/resnet50"
+
+# 3. ONNX Runtime on its CUDA execution provider, to compare with TensorRT
+if [ "$ORT_GPU" = 1 ]; then
+    run_build resnet50-ort-cuda --target onnxruntime --providers cuda "${R50[@]}" --out "$OUT/resnet50-ort-cuda"
+fi
+
+echo "== pytest -m gpu"
+"$BIN/python" -m pytest -m gpu -q -rs || status=1
+
+"$BIN/python" - "${REPORTS[@]}" <<'EOF'
+import json
+import sys
+
+BATCHES = (1, 8, 64, 128)
+header = ["model", "engine", "precision", "top-1 agree"]
+for b in BATCHES:
+    header += [f"b{b} p50/p99 ms", f"b{b} img/s"]
+rows = []
+for item in sys.argv[1:]:
+    label, path = item.split("=", 1)
+    report = json.load(open(path))
+    for engine in [report["reference"] | {"precision": "fp32", "reference": True}, *report["engines"]]:
+        acc = engine.get("accuracy")
+        agree = "reference" if engine.get("reference") else ("not built" if acc is None else f"{acc['top1_agreement']:.2%}")
+        cells = [label, engine["name"], engine["precision"], agree]
+        latency = {row["batch_size"]: row for row in engine.get("latency", [])}
+        for b in BATCHES:
+            row = latency.get(b)
+            if row is None:
+                cells += ["", ""]
+                continue
+            gpu = f" (gpu {row['gpu_p50_ms']:.2f})" if row.get("gpu_p50_ms") is not None else ""
+            cells += [f"{row['p50_ms']:.2f}/{row['p99_ms']:.2f}{gpu}", f"{row['throughput_ips']:.0f}"]
+        rows.append(cells)
+widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+print()
+for r in [header, ["-" * w for w in widths], *rows]:
+    print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+print("\nend-to-end times include the host<->device copies; (gpu x) is the engine's compute time alone.")
+EOF
+exit $status

@@ -1,0 +1,401 @@
+"""TensorRT backend, everything that runs without TensorRT: the batch profile, options, the exact polygraphy
+loader chain (real polygraphy, constructed lazily), the manifest and its compatibility check, the plan of
+engines, and `build --target tensorrt` on a machine without TensorRT or GPU (this one, and CI).
+
+What needs TensorRT and a GPU is in test_trt_gpu.py (`pytest -m gpu`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from resnet_deploy.artifacts import EngineArtifact, sidecar_path, write_with_sidecar
+from resnet_deploy.cli import cli
+from resnet_deploy.config import BuildConfig, HardwareCompat, Target, TensorRTOptions, parse_hardware_compat
+from resnet_deploy.engines.trt import (
+    BatchProfile,
+    TensorRTRunner,
+    TrtEnvironment,
+    check_compatible,
+    engine_build_chain,
+    missing_requirements,
+    version_tuple,
+)
+from resnet_deploy.errors import MissingDependency, UserError
+from resnet_deploy.pipeline.benchmark import Latency
+from resnet_deploy.pipeline.build import plan_engines
+from resnet_deploy.pipeline.report import engine_name, to_markdown
+
+from .conftest import build_args
+
+NO_TENSORRT = bool(missing_requirements())
+needs_no_tensorrt = pytest.mark.skipif(not NO_TENSORRT, reason="checks the path taken when TensorRT or the GPU is missing")
+
+# ------------------------------------------------------------------------------------------ profile
+
+
+@pytest.mark.parametrize(
+    ("sizes", "opt", "expected"),
+    [
+        ((1, 8), None, (1, 8, 8)),
+        ((1, 8, 64, 128), None, (1, 64, 128)),
+        ((1, 8, 32), None, (1, 8, 32)),
+        ((4,), None, (4, 4, 4)),
+        ((128, 1, 8, 8), None, (1, 8, 128)),  # unsorted and repeated: the unique sizes count
+        ((1, 8, 64, 128), 8, (1, 8, 128)),
+        ((1, 8, 64, 128), 100, (1, 100, 128)),  # any size inside the range, not only a benchmarked one
+    ],
+)
+def test_profile_from_batch_sizes(sizes, opt, expected):
+    profile = BatchProfile.from_batch_sizes(sizes, opt)
+    assert (profile.min, profile.opt, profile.max) == expected
+    assert profile.shapes((3, 32, 32)) == tuple((b, 3, 32, 32) for b in expected)
+    assert profile.as_dict() == dict(zip(("min", "opt", "max"), expected))
+
+
+@pytest.mark.parametrize(("sizes", "opt"), [((1, 8), 16), ((4, 8), 2), ((), None)])
+def test_profile_rejects_opt_outside_the_range(sizes, opt):
+    with pytest.raises(UserError, match="opt-batch-size|batch-sizes"):
+        BatchProfile.from_batch_sizes(sizes, opt)
+
+
+def test_profile_checks_its_order():
+    with pytest.raises(UserError, match="min <= opt <= max"):
+        BatchProfile(8, 4, 16)
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workspace_mib": 0}, "--workspace-mib"),
+        ({"builder_optimization_level": 6}, "--builder-optimization-level must be 0..5"),
+        ({"builder_optimization_level": -1}, "--builder-optimization-level"),
+        ({"opt_batch_size": 0}, "--opt-batch-size"),
+        ({"hardware_compat": "ampere+"}, "--hardware-compat"),  # a string, not the enum
+    ],
+)
+def test_bad_tensorrt_options(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        TensorRTOptions(**kwargs)
+
+
+def test_timing_cache_path_is_checked(tmp_path):
+    with pytest.raises(UserError, match="is a folder"):
+        TensorRTOptions(timing_cache=tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        TensorRTOptions(timing_cache=tmp_path / "no" / "cache.bin")
+    assert TensorRTOptions(timing_cache=tmp_path / "cache.bin").timing_cache == tmp_path / "cache.bin"  # created on build
+
+
+def test_hardware_compat_names():
+    assert [parse_hardware_compat(t) for t in ("none", "AMPERE+", "same-cc")] == list(HardwareCompat)
+    assert [h.trt_name for h in HardwareCompat] == ["NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"]
+    with pytest.raises(UserError, match="valid values: none, ampere\\+, same-cc"):
+        parse_hardware_compat("volta")
+
+
+def test_version_tuple():
+    assert version_tuple("10.13.3.9") == (10, 13, 3, 9)
+    assert version_tuple("11.0.0rc1") == (11, 0, 0)
+    assert version_tuple("10.9.0.34") < version_tuple("10.13.0.35")
+
+
+# ------------------------------------------------------------------------------- polygraphy loaders
+
+
+def test_polygraphy_chain_is_the_documented_strongly_typed_build(fp32_onnx, tmp_path):
+    """The exact loaders `build_engine` calls, built by the real polygraphy: every argument name is checked
+    by polygraphy's own signatures, and every value is what TensorRT will be asked for."""
+    cache = tmp_path / "timing.cache"
+    options = TensorRTOptions(
+        workspace_mib=512,
+        builder_optimization_level=4,
+        timing_cache=cache,
+        version_compatible=True,
+        hardware_compat=HardwareCompat.AMPERE_PLUS,
+        tf32=True,
+    )
+    profile = BatchProfile.from_batch_sizes((1, 8, 32))
+    chain = engine_build_chain(fp32_onnx.path, tmp_path / "m.engine", fp32_onnx.input_name, (3, 32, 32), options, profile)
+
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig, SaveEngine
+
+    assert isinstance(chain.network, NetworkFromOnnxPath) and chain.network.path == str(fp32_onnx.path)
+    assert chain.network.strongly_typed is True
+    assert isinstance(chain.config, CreateConfig)
+    (shapes,) = chain.config.profiles
+    assert list(shapes) == [fp32_onnx.input_name]
+    assert (shapes[fp32_onnx.input_name].min, shapes[fp32_onnx.input_name].opt, shapes[fp32_onnx.input_name].max) == (
+        (1, 3, 32, 32),
+        (8, 3, 32, 32),
+        (32, 3, 32, 32),
+    )
+    assert chain.config.tf32 is True
+    assert (chain.config.fp16, chain.config.int8, chain.config.calibrator) == (False, False, None)  # precision from the ONNX
+    assert chain.config.timing_cache_path == str(cache)
+    assert chain.config.builder_optimization_level == 4 and chain.config.version_compatible is True
+    assert isinstance(chain.builder_config, PostprocessConfig)
+    assert isinstance(chain.engine, EngineFromNetwork) and chain.engine.timing_cache_path == str(cache)
+    assert isinstance(chain.save, SaveEngine) and chain.save.path == str(tmp_path / "m.engine")
+
+
+def test_polygraphy_chain_defaults_leave_tensorrt_defaults(fp32_onnx, tmp_path):
+    chain = engine_build_chain(
+        fp32_onnx.path, tmp_path / "m.engine", "input", (3, 32, 32), TensorRTOptions(), BatchProfile(1, 1, 1)
+    )
+    assert chain.config.tf32 is False  # TF32 only on request
+    assert chain.config.timing_cache_path is None and chain.engine.timing_cache_path is None
+    assert chain.config.builder_optimization_level is None and not chain.config.version_compatible
+
+
+@needs_no_tensorrt
+def test_the_chain_needs_tensorrt_only_when_called(fp32_onnx, tmp_path):
+    from polygraphy.exception import PolygraphyException
+
+    engine = tmp_path / "m.engine"
+    chain = engine_build_chain(fp32_onnx.path, engine, "input", (3, 32, 32), TensorRTOptions(), BatchProfile(1, 1, 1))
+    with pytest.raises(PolygraphyException, match="tensorrt"):
+        chain.save()
+    assert not engine.exists()
+
+
+# ------------------------------------------------------------------------- manifest, compatibility
+
+BUILT = TrtEnvironment("10.13.3.9", "NVIDIA A100-SXM4-80GB", "8.0", "580.65.06")
+
+
+def write_engine_manifest(folder: Path, env: TrtEnvironment = BUILT, **build: object) -> EngineArtifact:
+    """A manifest as `build_engine` writes it, beside a stand-in payload (only the manifest is read here)."""
+    artifact = EngineArtifact(
+        path=folder / "model.fp32.engine",
+        arch="resnet18",
+        num_classes=10,
+        preprocess={"input_size": [3, 32, 32]},
+        precision="fp32",
+        target=None,
+        input_name="input",
+        output_name="logits",
+        tensorrt_version=env.tensorrt_version,
+        gpu=env.gpu(),
+        build={"strongly_typed": True, **TensorRTOptions().as_dict(), **build},
+        profile={"min": 1, "opt": 8, "max": 8},
+        source_onnx="model.fp32.onnx",
+        source_onnx_sha256="0" * 64,
+        build_seconds=1.5,
+        built_at="2026-11-29T12:00:00+00:00",
+    )
+    write_with_sidecar(artifact.path, lambda p: p.write_bytes(b"plan bytes"), artifact.metadata())
+    return artifact
+
+
+def test_manifest_round_trips(tmp_path):
+    written = write_engine_manifest(tmp_path)
+    read = EngineArtifact.read(written.path)
+    assert read == written
+    manifest = json.loads(sidecar_path(written.path).read_text())
+    assert manifest["kind"] == "tensorrt-engine" and len(manifest["sha256"]) == 64
+    assert manifest["gpu"] == {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0", "driver": "580.65.06"}
+    assert manifest["build"]["strongly_typed"] is True and manifest["build"]["hardware_compat"] == "none"
+
+
+def test_manifest_catches_a_changed_engine_and_a_foreign_file(tmp_path):
+    artifact = write_engine_manifest(tmp_path)
+    artifact.path.write_bytes(b"other bytes")
+    with pytest.raises(UserError, match="changed after it was written"):
+        EngineArtifact.read(artifact.path)
+    stray = tmp_path / "stray.engine"
+    stray.write_bytes(b"x")
+    with pytest.raises(UserError, match="is missing"):
+        EngineArtifact.read(stray)
+
+
+def test_same_machine_is_compatible(tmp_path):
+    assert check_compatible(write_engine_manifest(tmp_path), BUILT) == []
+
+
+def test_other_tensorrt_version_is_refused_naming_both(tmp_path):
+    engine = write_engine_manifest(tmp_path)
+    here = dataclasses.replace(BUILT, tensorrt_version="10.14.1.48")
+    with pytest.raises(UserError) as info:
+        check_compatible(engine, here)
+    message = str(info.value)
+    assert "TensorRT 10.13.3.9 on NVIDIA A100-SXM4-80GB" in message and "TensorRT 10.14.1.48 on NVIDIA A100" in message
+    assert "rebuild it here" in message and "\n" not in message
+
+
+def test_version_compatible_engines_run_on_newer_tensorrt_only(tmp_path):
+    engine = write_engine_manifest(tmp_path, version_compatible=True)
+    assert check_compatible(engine, dataclasses.replace(BUILT, tensorrt_version="11.4.0.106")) == []
+    with pytest.raises(UserError, match="TensorRT that built it or a newer one"):
+        check_compatible(engine, dataclasses.replace(BUILT, tensorrt_version="10.9.0.34"))
+
+
+def test_other_gpu_is_refused_naming_both(tmp_path):
+    engine = write_engine_manifest(tmp_path)
+    here = TrtEnvironment("10.13.3.9", "NVIDIA L4", "8.9", None)
+    with pytest.raises(UserError, match=r"A100-SXM4-80GB \(compute capability 8.0\).*NVIDIA L4 \(compute capability 8.9\)"):
+        check_compatible(engine, here)
+
+
+def test_same_compute_capability_other_model_runs_with_a_warning(tmp_path):
+    here = TrtEnvironment("10.13.3.9", "NVIDIA A100-PCIE-40GB", "8.0", None)
+    (warning,) = check_compatible(write_engine_manifest(tmp_path), here)
+    assert "A100-PCIE-40GB" in warning and "rebuild" in warning
+    assert check_compatible(write_engine_manifest(tmp_path, hardware_compat="same-cc"), here) == []
+
+
+def test_ampere_plus_engines_run_on_newer_gpus_only(tmp_path):
+    engine = write_engine_manifest(tmp_path, hardware_compat="ampere+")
+    assert check_compatible(engine, TrtEnvironment("10.13.3.9", "NVIDIA H100", "9.0", None)) == []
+    with pytest.raises(UserError, match="compute capability 8.0 or newer"):
+        check_compatible(engine, TrtEnvironment("10.13.3.9", "Tesla T4", "7.5", None))
+
+
+def test_runner_reads_the_manifest_without_tensorrt(tmp_path):
+    engine = write_engine_manifest(tmp_path)
+    runner = TensorRTRunner(engine.path)
+    assert runner.name == "tensorrt-fp32" and runner.precision == "fp32" and runner.chw == (3, 32, 32)
+    assert runner.describe()["tensorrt"] == "10.13.3.9"
+
+
+@needs_no_tensorrt
+def test_runner_without_tensorrt_says_what_is_missing(tmp_path):
+    runner = TensorRTRunner(write_engine_manifest(tmp_path).path)
+    with pytest.raises(MissingDependency, match="need TensorRT and an NVIDIA GPU; missing here: TensorRT"):
+        runner.__enter__()
+    assert not runner.is_active
+
+
+@needs_no_tensorrt
+def test_bench_engine_without_tensorrt_exits_2_with_one_line(tmp_path):
+    engine = write_engine_manifest(tmp_path)
+    result = CliRunner().invoke(cli, ["bench", "--engine", str(engine.path), "--iterations", "1", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "missing here: TensorRT" in result.stderr
+
+
+# ------------------------------------------------------------------------------------ engine plan
+
+
+def _config(tmp_path: Path, targets: tuple[Target, ...], providers: tuple[str, ...] = ("cpu",)) -> BuildConfig:
+    return BuildConfig(
+        arch="resnet18", weights=tmp_path / "w.pth", val_data=tmp_path, out=tmp_path / "out", targets=targets, providers=providers
+    )
+
+
+def test_plan_onnxruntime_only(fp32_onnx, tmp_path):
+    (spec,) = plan_engines([fp32_onnx], _config(tmp_path, (Target.ONNXRUNTIME,)))
+    assert (spec.name, spec.backend, spec.final_path) == ("onnxruntime-fp32", "onnxruntime", tmp_path / "out" / "model.fp32.onnx")
+
+
+def test_plan_tensorrt_builds_from_the_models_made_for_it(fp32_onnx, tmp_path):
+    int8_trt = dataclasses.replace(fp32_onnx, path=tmp_path / "model.int8-tensorrt.onnx", precision="int8", target="tensorrt")
+    int8_ort = dataclasses.replace(fp32_onnx, path=tmp_path / "model.int8.onnx", precision="int8", target="onnxruntime")
+    fp16 = dataclasses.replace(fp32_onnx, path=tmp_path / "model.fp16.onnx", precision="fp16", target=None)
+    config = _config(tmp_path, (Target.ONNXRUNTIME, Target.TENSORRT))
+    specs = plan_engines([fp32_onnx, fp16, int8_ort, int8_trt], config)
+    assert [(s.name, s.final_path.name) for s in specs] == [
+        ("onnxruntime-fp32", "model.fp32.onnx"),
+        ("tensorrt-fp32", "model.fp32.engine"),
+        ("onnxruntime-fp16", "model.fp16.onnx"),
+        ("tensorrt-fp16", "model.fp16.engine"),
+        ("onnxruntime-int8", "model.int8.onnx"),  # U8S8 for ONNX Runtime: never given to TensorRT
+        ("onnxruntime-int8-tensorrt", "model.int8-tensorrt.onnx"),  # the TensorRT INT8 model, checked on the CPU
+        ("tensorrt-int8", "model.int8.engine"),
+    ]
+
+
+def test_plan_names_the_execution_provider(fp32_onnx, tmp_path):
+    specs = plan_engines([fp32_onnx], _config(tmp_path, (Target.TENSORRT,), providers=("cuda", "cpu")))
+    assert [s.name for s in specs] == ["onnxruntime-cuda-fp32", "tensorrt-fp32"]
+
+
+def test_engine_names():
+    assert engine_name("onnxruntime", "int8", "onnxruntime") == "onnxruntime-int8"
+    assert engine_name("onnxruntime-cuda", "int8", "onnxruntime") == "onnxruntime-cuda-int8"
+    assert engine_name("onnxruntime-tensorrt", "int8", "tensorrt") == "onnxruntime-tensorrt-int8-tensorrt"
+    assert engine_name("tensorrt", "int8", "tensorrt") == "tensorrt-int8"
+
+
+# ---------------------------------------------------------------------------------- latency fields
+
+
+def test_latency_reports_gpu_compute_time_only_when_measured():
+    samples = np.array([2.0, 2.2, 2.1, 2.5, 2.3])
+    plain = Latency.from_samples(8, samples)
+    assert plain.gpu_p50_ms is None and not any(key.startswith("gpu_") for key in plain.as_dict())
+    timed = Latency.from_samples(8, samples, device_ms=np.array([1.0, 1.1, 1.2, 1.0, 1.4]))
+    assert timed.gpu_p50_ms == pytest.approx(1.1) and timed.gpu_mean_ms == pytest.approx(1.14)
+    assert timed.as_dict()["gpu_p99_ms"] == pytest.approx(np.percentile([1.0, 1.1, 1.2, 1.0, 1.4], 99))
+    assert timed.as_dict()["p50_ms"] == pytest.approx(2.2)  # end-to-end stays where it was
+
+
+def test_markdown_shows_gpu_compute_time_and_skipped_engines(built):
+    _, _, out = built
+    report = json.loads((out / "report.json").read_text())
+    engine = report["engines"][0]
+    row = dict(engine["latency"][0], gpu_p50_ms=0.5, gpu_p99_ms=0.75, gpu_mean_ms=0.6)
+    skipped = dict(engine, name="tensorrt-fp32", backend="tensorrt", accuracy=None, latency=[], error="not built: no GPU")
+    report["engines"] = [dict(engine, latency=[row]), skipped]
+    text = to_markdown(report)
+    assert f"| {row['p50_ms']:.2f} (0.50) | {row['p99_ms']:.2f} (0.75) |" in text
+    assert "| tensorrt-fp32 | fp32 |  | not built: no GPU |" in text and "GPU compute time alone in brackets" in text
+
+
+# ---------------------------------------------------------------------- build without TensorRT/GPU
+
+
+@needs_no_tensorrt
+def test_build_target_tensorrt_without_tensorrt_keeps_the_onnx_results(workload, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, build_args(workload, out, "--target", "tensorrt", "--batch-sizes", "1,2"))
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(notes) == 1 and notes[0].startswith("note: tensorrt-fp32 not built: TensorRT engines need TensorRT")
+    assert "missing here: TensorRT" in notes[0] and "an NVIDIA GPU" in notes[0] and "--require-engine" in notes[0]
+    report = json.loads((out / "report.json").read_text())
+    ort, trt = report["engines"]
+    assert ort["name"] == "onnxruntime-fp32" and ort["accuracy"]["top1_agreement"] == 1.0 and ort["latency"]
+    assert trt["name"] == "tensorrt-fp32" and trt["backend"] == "tensorrt" and trt["precision"] == "fp32"
+    assert trt["path"] is None and trt["accuracy"] is None and trt["latency"] == []
+    assert trt["error"].startswith("not built: TensorRT engines need TensorRT and an NVIDIA GPU")
+    assert report["notes"] == [notes[0].removeprefix("note: ")] and report["failures"] == []
+    assert "engines" in report["stages"] and not list(out.glob("*.engine"))
+    assert "not built" in result.stdout  # the summary table shows the row too
+    assert "| tensorrt-fp32 | fp32 |" in (out / "report.md").read_text()
+
+
+@needs_no_tensorrt
+def test_require_engine_without_tensorrt_exits_2_before_writing(workload, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, build_args(workload, out, "--target", "tensorrt", "--require-engine"))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: --require-engine: TensorRT engines need")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target", "tpu"], "--target: unknown value 'tpu'"),
+        (["--require-engine"], "--require-engine applies to TensorRT engines; add --target tensorrt"),
+        (["--target", "tensorrt", "--opt-batch-size", "64"], "--opt-batch-size 64 is outside 1..4"),
+        (["--target", "tensorrt", "--builder-optimization-level", "7"], "--builder-optimization-level must be 0..5"),
+        (["--target", "tensorrt", "--hardware-compat", "volta"], "--hardware-compat: unknown value 'volta'"),
+        (["--target", "tensorrt", "--workspace-mib", "0"], "--workspace-mib must be between 1"),
+    ],
+)
+def test_bad_tensorrt_build_options_exit_2(workload, tmp_path, extra, message):
+    result = CliRunner().invoke(cli, build_args(workload, tmp_path / "out", *extra))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert list(tmp_path.iterdir()) == []
