@@ -15,6 +15,8 @@ from ..config import BenchmarkOptions
 from ..engines.base import Runner
 from ..progress import Progress
 
+SAMPLE_DECIMALS = 4  # samples are kept in ms to 0.1 us: compact in report.json, far below timer noise
+
 
 @dataclass(frozen=True)
 class Latency:
@@ -29,9 +31,14 @@ class Latency:
     min_ms: float
     max_ms: float
     throughput_ips: float  # images per second at the mean latency
+    # Every timed call in order, in ms rounded to 0.1 us (for distribution plots). Reports written before
+    # this field existed have no `samples_ms`; readers treat it as optional.
+    samples_ms: tuple[float, ...] = ()
 
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, float | int | list[float]]:
+        out = asdict(self)
+        out["samples_ms"] = list(self.samples_ms)
+        return out
 
     @classmethod
     def from_samples(cls, batch_size: int, samples_ms: np.ndarray) -> "Latency":
@@ -49,6 +56,7 @@ class Latency:
             min_ms=float(samples_ms.min()),
             max_ms=float(samples_ms.max()),
             throughput_ips=batch_size * 1000.0 / mean if mean > 0 else 0.0,
+            samples_ms=tuple(round(float(x), SAMPLE_DECIMALS) for x in samples_ms),
         )
 
 
