@@ -5,11 +5,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .gates import Gates
 
 
 class Precision(str, enum.Enum):
@@ -106,6 +109,8 @@ class BuildConfig:
     opset: int | None = None
     benchmark: BenchmarkOptions = field(default_factory=BenchmarkOptions)
     force: bool = False
+    gates: Gates | None = None  # thresholds applied to the report; failures make the build exit 1
+    baseline: Path | None = None  # an earlier report.json for max_latency_regression_pct
 
 
 # Keys of a build TOML file and the type each must have.
@@ -126,7 +131,12 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "batch_sizes": str,
     "warmup": int,
     "iterations": int,
+    "gates": str,
+    "baseline": str,
 }
+
+# Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
+PATH_KEYS = frozenset({"weights", "val_data", "calib_data", "out", "gates", "baseline"})
 
 
 def load_toml_options(path: Path) -> dict[str, Any]:
@@ -149,7 +159,7 @@ def load_toml_options(path: Path) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, expected):
             name = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
             raise UserError(f"config file {path}: key {key!r} must be a {name}, got {type(value).__name__}")
-        if key in {"weights", "val_data", "calib_data", "out"}:
+        if key in PATH_KEYS:
             value = str((Path(path).parent / value).resolve())
         options[key] = value
     return options
