@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,8 +68,20 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+# A JSON array of numbers as json.dumps(indent=2) writes it: one number a line. Strings cannot hold a raw
+# newline, so this never matches inside a string value.
+_NUMBER = r"-?(?:\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|NaN|Infinity)"
+_NUMBER_LIST = re.compile(rf"\[\n\s+({_NUMBER}(?:,\n\s+{_NUMBER})*)\n\s*\]")
+
+
+def dumps_json(data: Any) -> str:
+    """Indented JSON with lists of numbers (shapes, latency samples) kept on one line."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text_atomic(path, dumps_json(data))
 
 
 def _json_default(value: Any) -> Any:
@@ -83,6 +96,20 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "value"):  # enums
         return value.value
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def read_user_text(path: Path, label: str, hint: str) -> str:
+    """The UTF-8 text of a file the user named; a problem is a one-line UserError: '<label> <problem>; <hint>'."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{label} does not exist; {hint}") from None
+    except IsADirectoryError:
+        raise UserError(f"{label} is a folder; {hint}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{label} is not UTF-8 text; {hint}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {label} ({exc.strerror}); check the path and its permissions") from None
 
 
 def sidecar_path(path: Path) -> Path:

@@ -62,6 +62,31 @@ def cli() -> None:
 # -------------------------------------------------------------------------------------------- build
 
 
+def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--gates/--set/--baseline/--junit/--summary, shared by `build` and `gate`."""
+    options = [
+        click.option("--gates", type=click.Path(path_type=Path), help="TOML file of thresholds per engine name or glob."),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="ENGINE.KEY[.BATCH]=VALUE",
+            help="Set one threshold, overriding the gates file (repeatable), e.g. 'onnxruntime-int8.min_top1_agreement=0.995' "
+            "or '*-fp16.max_p99_ms.8=30'.",
+        ),
+        click.option("--baseline", type=click.Path(path_type=Path), help="Earlier report.json for max_latency_regression_pct."),
+        click.option(
+            "--junit", type=click.Path(path_type=Path), help="Write the gate results as JUnit XML (replaced if present)."
+        ),
+        click.option(
+            "--summary", type=click.Path(path_type=Path), help="Write a Markdown summary of the gates (replaced if present)."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @cli.command(epilog=EPILOG_BUILD)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file of these options (flags override).")
 @click.option("--arch", help="ResNet-family architecture (timm or torchvision name, e.g. resnet50).")
@@ -90,25 +115,34 @@ def cli() -> None:
 @click.option("--opt-batch-size", type=int, help="TensorRT: batch size to tune for (default: median of --batch-sizes).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: run batch 1 from a captured CUDA graph.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
+@_gate_options
 @_common
-def build(progress, config_file: Path | None, **options: Any) -> int:
-    """Run every stage: load, fold BN, export ONNX, build engines, validate against PyTorch, benchmark."""
+def build(progress, config_file: Path | None, junit: Path | None, summary: Path | None, **options: Any) -> int:
+    """Run every stage: load, fold BN, export ONNX, build engines, validate against PyTorch, benchmark.
+
+    With --gates (or --set), the report is gated like `resnet-deploy gate` does and a failing gate exits 1.
+    """
     from .pipeline.build import build as run_build
 
     ctx = click.get_current_context()
     config = _build_config(ctx, config_file, options)
+    if (junit or summary) and config.gates is None:
+        raise UserError("--junit and --summary report gate results; give --gates FILE (or --set) too")
     report = run_build(config, progress)
     _print_summary(report.as_dict())
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for failure in report.failures:
         click.echo(f"FAILED {failure}", err=True)
-    click.echo(f"report: {config.out / 'report.json'}, {config.out / 'report.md'}")
+    if report.gates is not None:
+        _render_gates(report.gates.as_dict(), junit, summary)
+    click.echo(f"report: {config.out / 'report.json'}, {config.out / 'report.md'}, {config.out / 'report.html'}")
     return report.return_code
 
 
 def _build_config(ctx: click.Context, config_file: Path | None, options: dict[str, Any]):
     from .config import (
+        PATH_KEYS,
         BenchmarkOptions,
         BuildConfig,
         Precision,
@@ -126,7 +160,7 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         from_file = load_toml_options(config_file)
         for key, value in from_file.items():
             if key in options and ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
-                options[key] = Path(value) if key in {"weights", "val_data", "calib_data", "out", "timing_cache"} else value
+                options[key] = Path(value) if key in PATH_KEYS else value
     missing = [f"--{k.replace('_', '-')}" for k in ("arch", "weights", "val_data", "out") if not options.get(k)]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (give them as options or in --config)")
@@ -168,7 +202,106 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
             iterations=options["iterations"],
         ),
         force=options["force"],
+        gates=_load_gates(options.get("gates"), options["overrides"], options.get("baseline")),
+        baseline=Path(options["baseline"]) if options.get("baseline") else None,
     )
+
+
+def _load_gates(gates_file: Path | None, overrides: tuple[str, ...], baseline: Path | None):
+    from .gates import Gates, load_gates
+
+    if gates_file is None and not overrides:
+        if baseline is not None:
+            raise UserError("--baseline is the reference for latency gates; give --gates FILE (or --set) too")
+        return None
+    gates = load_gates(Path(gates_file)) if gates_file is not None else Gates(())
+    return gates.with_overrides(overrides)
+
+
+def _render_gates(gates: dict[str, Any], junit: Path | None, summary: Path | None) -> None:
+    from .artifacts import write_text_atomic
+    from .gates import render
+
+    for line in render.lines(gates):
+        click.echo(line)
+    if junit is not None:
+        write_text_atomic(junit, render.junit(gates))
+    if summary is not None:
+        write_text_atomic(summary, render.markdown(gates))
+
+
+# --------------------------------------------------------------------------------- gate, compare, report
+
+EPILOG_GATE = """\b
+Example:
+  resnet-deploy gate out/report.json --gates gates.toml --baseline main/report.json \\
+      --junit gates.xml --summary gates.md --set 'onnxruntime-int8.min_top1_agreement=0.995'
+\b
+Exit codes: 0 every gate passes, 1 a gate fails (a missing metric or a table matching no engine fails too),
+2 bad input (unreadable report, bad gates file).
+"""
+
+
+@cli.command(epilog=EPILOG_GATE)
+@click.argument("report_path", metavar="REPORT.json", type=click.Path(path_type=Path))
+@_gate_options
+@click.option("--html", "html_out", type=click.Path(path_type=Path), help="Also write the report as HTML with the gate results.")
+@_common
+def gate(progress, report_path: Path, gates: Path | None, overrides, baseline, junit, summary, html_out) -> int:
+    """Check a report.json against accuracy and latency thresholds: a line per gate, exit 1 if any fails."""
+    from .artifacts import write_text_atomic
+    from .gates import evaluate
+    from .pipeline.report import read_report
+
+    thresholds = _load_gates(gates, overrides, baseline)
+    if thresholds is None:
+        raise UserError("give the thresholds: --gates FILE and/or --set ENGINE.KEY=VALUE")
+    report = read_report(report_path)
+    old = read_report(baseline, "baseline") if baseline is not None else None
+    result = evaluate(thresholds, report, old, report_label=str(report_path), baseline_label=baseline and str(baseline))
+    _render_gates(result.as_dict(), junit, summary)
+    if html_out is not None:
+        from .pipeline.html import render_html
+
+        write_text_atomic(html_out, render_html(report, result.as_dict()))
+    return result.return_code
+
+
+@cli.command(epilog="\b\nExample:\n  resnet-deploy compare main/report.json out/report.json > compare.md")
+@click.argument("old_path", metavar="OLD.json", type=click.Path(path_type=Path))
+@click.argument("new_path", metavar="NEW.json", type=click.Path(path_type=Path))
+@_common
+def compare(progress, old_path: Path, new_path: Path) -> int:
+    """Accuracy and latency of two reports side by side, with deltas and % changes (Markdown on stdout)."""
+    from .compare import compare_reports
+    from .pipeline.report import read_report
+
+    old, new = read_report(old_path, "OLD report"), read_report(new_path, "NEW report")
+    click.echo(compare_reports(old, new, str(old_path), str(new_path)), nl=False)
+    return 0
+
+
+@cli.command(epilog="\b\nExample:\n  resnet-deploy report out/report.json --html report.html")
+@click.argument("report_path", metavar="REPORT.json", type=click.Path(path_type=Path))
+@click.option("--html", "html_out", type=click.Path(path_type=Path), help="Write the self-contained HTML page here.")
+@click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), help="Write the Markdown report here.")
+@_common
+def report(progress, report_path: Path, html_out: Path | None, markdown_out: Path | None) -> int:
+    """Render report.html (or report.md) again from a report.json, e.g. one downloaded from CI."""
+    from .artifacts import write_text_atomic
+    from .pipeline.html import render_html
+    from .pipeline.report import read_report, to_markdown
+
+    if html_out is None and markdown_out is None:
+        raise UserError("give --html OUT.html and/or --markdown OUT.md")
+    data = read_report(report_path)
+    if html_out is not None:
+        write_text_atomic(html_out, render_html(data))
+        click.echo(f"wrote {html_out}")
+    if markdown_out is not None:
+        write_text_atomic(markdown_out, to_markdown(data))
+        click.echo(f"wrote {markdown_out}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------ single stages

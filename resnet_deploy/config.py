@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import enum
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import tomllib
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from .gates import Gates
 
-class Precision(str, enum.Enum):
+
+class Precision(enum.StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
@@ -21,7 +23,7 @@ class Precision(str, enum.Enum):
         return self.value
 
 
-class Target(str, enum.Enum):
+class Target(enum.StrEnum):
     """Who consumes a (quantized) model: the Q/DQ recipe depends on it."""
 
     ONNXRUNTIME = "onnxruntime"
@@ -31,7 +33,7 @@ class Target(str, enum.Enum):
         return self.value
 
 
-class HardwareCompat(str, enum.Enum):
+class HardwareCompat(enum.StrEnum):
     """Which GPUs a TensorRT engine must run on besides the one that built it (`--hardware-compat`)."""
 
     NONE = "none"  # only GPUs of the building GPU's kind (fastest)
@@ -178,6 +180,8 @@ class BuildConfig:
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     require_engine: bool = False  # no TensorRT/GPU for --target tensorrt is an error (exit 2), not a skip
     force: bool = False
+    gates: Gates | None = None  # thresholds applied to the report; failures make the build exit 1
+    baseline: Path | None = None  # an earlier report.json for max_latency_regression_pct
 
 
 # Keys of a build TOML file and the type each must have.
@@ -203,7 +207,12 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "timing_cache": str,
     "hardware_compat": str,
     "opt_batch_size": int,
+    "gates": str,
+    "baseline": str,
 }
+
+# Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
+PATH_KEYS = frozenset({"weights", "val_data", "calib_data", "out", "gates", "baseline", "timing_cache"})
 
 
 def load_toml_options(path: Path) -> dict[str, Any]:
@@ -226,7 +235,7 @@ def load_toml_options(path: Path) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, expected):
             name = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
             raise UserError(f"config file {path}: key {key!r} must be a {name}, got {type(value).__name__}")
-        if key in {"weights", "val_data", "calib_data", "out", "timing_cache"}:
+        if key in PATH_KEYS:
             value = str((Path(path).parent / value).resolve())
         options[key] = value
     return options

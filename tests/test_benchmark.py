@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from resnet_deploy.artifacts import dumps_json
 from resnet_deploy.config import BenchmarkOptions
 from resnet_deploy.engines.ort import OrtRunner
 from resnet_deploy.errors import UserError
@@ -34,6 +37,17 @@ def test_benchmark_times_each_batch_size(fp32_onnx, val_images):
         rows = benchmark(runner, val_images[:2], options)
     assert [r.batch_size for r in rows] == [1, 3]
     assert all(r.iterations == 6 and 0 < r.min_ms <= r.p50_ms <= r.max_ms for r in rows)
+    for row in rows:  # every timed call is kept, in ms, for distribution plots
+        assert len(row.samples_ms) == 6 and min(row.samples_ms) == pytest.approx(row.min_ms, abs=1e-4)
+
+
+def test_samples_are_one_compact_line_in_json():
+    lat = Latency.from_samples(2, np.array([1.234567891, 2.5, 3.0]))
+    assert lat.samples_ms == (1.2346, 2.5, 3.0)
+    text = dumps_json({"latency": [lat.as_dict()]})
+    assert '"samples_ms": [1.2346, 2.5, 3.0]' in text and json.loads(text)["latency"][0] == {**lat.as_dict()}
+    old = {k: v for k, v in lat.as_dict().items() if k != "samples_ms"}  # a report written before samples
+    assert Latency(**old).samples_ms == ()
 
 
 @pytest.mark.parametrize("kwargs", [{"iterations": 0}, {"warmup": -1}, {"batch_sizes": ()}, {"batch_sizes": (0, 1)}])

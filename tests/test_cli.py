@@ -26,6 +26,7 @@ def test_build_writes_everything(built):
         "model.folded.safetensors.json",
         "model.fp32.onnx",
         "model.fp32.onnx.json",
+        "report.html",
         "report.json",
         "report.md",
     ]
@@ -144,7 +145,7 @@ def test_config_file_with_flag_override(workload, tmp_path):
     assert result.exit_code == 2 and "'arch' must be a str" in result.output
 
 
-@pytest.mark.parametrize("command", ["build", "fold", "export", "validate", "bench"])
+@pytest.mark.parametrize("command", ["build", "fold", "export", "validate", "bench", "gate", "compare", "report"])
 def test_help_shows_an_example(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Example:" in result.output and f"resnet-deploy {command}" in result.output

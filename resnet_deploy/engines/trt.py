@@ -312,7 +312,7 @@ def build_engine(model: OnnxArtifact, path: Path, options: TensorRTOptions, prof
         source_onnx=model.path.name,
         source_onnx_sha256=sha256_file(model.path),
         build_seconds=round(time.perf_counter() - started, 3),
-        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     write_json_atomic(sidecar_path(path), {**artifact.metadata(), "sha256": digest})
     return artifact

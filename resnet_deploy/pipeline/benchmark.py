@@ -15,6 +15,8 @@ from ..config import BenchmarkOptions
 from ..engines.base import Runner
 from ..progress import Progress
 
+SAMPLE_DECIMALS = 4  # samples are kept in ms to 0.1 us: compact in report.json, far below timer noise
+
 
 @dataclass(frozen=True)
 class Latency:
@@ -34,9 +36,14 @@ class Latency:
     gpu_p50_ms: float | None = None
     gpu_p99_ms: float | None = None
     gpu_mean_ms: float | None = None
+    # Every timed call in order, in ms rounded to 0.1 us (for distribution plots). Reports written before
+    # this field existed have no `samples_ms`; readers treat it as optional.
+    samples_ms: tuple[float, ...] = ()
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {key: value for key, value in asdict(self).items() if value is not None or not key.startswith("gpu_")}
+    def as_dict(self) -> dict[str, float | int | list[float]]:
+        out = {key: value for key, value in asdict(self).items() if value is not None or not key.startswith("gpu_")}
+        out["samples_ms"] = list(self.samples_ms)
+        return out
 
     @classmethod
     def from_samples(cls, batch_size: int, samples_ms: np.ndarray, device_ms: np.ndarray | None = None) -> "Latency":
@@ -59,6 +66,7 @@ class Latency:
             max_ms=float(samples_ms.max()),
             throughput_ips=batch_size * 1000.0 / mean if mean > 0 else 0.0,
             **gpu,
+            samples_ms=tuple(round(float(x), SAMPLE_DECIMALS) for x in samples_ms),
         )
 
 

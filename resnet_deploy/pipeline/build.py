@@ -21,7 +21,7 @@ from ..progress import Progress
 from .benchmark import benchmark_all
 from .export import export_onnx
 from .fold import fold_and_verify, save_folded
-from .report import EngineResult, Report, engine_name, environment
+from .report import EngineResult, Report, engine_name, environment, read_report
 from .validate import validate_all
 
 CHECK_IMAGES = 32  # real images used by the fold and export checks
@@ -151,6 +151,7 @@ def _check_engine_options(config: BuildConfig) -> BatchProfile:
 
 
 def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
+    baseline = read_report(config.baseline, "baseline") if config.baseline is not None else None  # bad input: fail first
     timer = StageTimer()
     profile = _check_engine_options(config)
     with timer("load"):
@@ -209,5 +210,15 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             stages=timer.seconds,
             notes=notes,
         )
+        if config.gates is not None:
+            from ..gates import evaluate
+
+            report.gates = evaluate(
+                config.gates,
+                report.as_dict(),
+                baseline,
+                report_label=str(config.out.absolute() / "report.json"),
+                baseline_label=None if config.baseline is None else str(config.baseline),
+            )
         report.write(stage)
     return report

@@ -6,15 +6,21 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import math
 import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..artifacts import write_json_atomic, write_text_atomic
+from ..artifacts import read_user_text, write_json_atomic, write_text_atomic
+from ..errors import UserError
 from .benchmark import Latency
 from .validate import Accuracy
+
+if TYPE_CHECKING:
+    from ..gates import GateReport
 
 SCHEMA = "resnet-deploy/report/v1"
 
@@ -137,6 +143,7 @@ class Report:
     environment: dict[str, Any]
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
     notes: list[str] = field(default_factory=list)
+    gates: GateReport | None = None  # set when the build ran with --gates
 
     @property
     def failures(self) -> list[str]:
@@ -144,7 +151,9 @@ class Report:
 
     @property
     def return_code(self) -> int:
-        return 1 if self.failures else 0
+        """1 when a stage failed its check or a gate failed, else 0."""
+        gates_code = self.gates.return_code if self.gates is not None else 0
+        return max(1 if self.failures else 0, gates_code)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -159,11 +168,147 @@ class Report:
             "notes": self.notes,
             "failures": self.failures,
             **self.environment,
+            **({"gates": self.gates.as_dict()} if self.gates is not None else {}),
         }
 
     def write(self, folder: Path) -> None:
-        write_json_atomic(Path(folder) / "report.json", self.as_dict())
-        write_text_atomic(Path(folder) / "report.md", to_markdown(self.as_dict()))
+        from .html import render_html
+
+        data = self.as_dict()
+        write_json_atomic(Path(folder) / "report.json", data)
+        write_text_atomic(Path(folder) / "report.md", to_markdown(data))
+        write_text_atomic(Path(folder) / "report.html", render_html(data))
+
+
+# ------------------------------------------------------------------------------------ reading back
+
+_LATENCY_NUMBERS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "throughput_ips")
+_ACCURACY_NUMBERS = ("top1_agreement", "top5_agreement", "max_abs_diff", "cosine_min", "top1", "top1_ref", "top1_drop_points")
+
+
+class _Shape:
+    """Checks one report's structure; errors name the file and the JSON path of the bad value."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def fail(self, where: str, problem: str) -> UserError:
+        return UserError(f"{self.label}: {where} {problem}; give a report.json written by resnet-deploy build")
+
+    def dict(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"must be an object, got {type(value).__name__}")
+        return value
+
+    def list(self, value: Any, where: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(where, f"must be a list, got {type(value).__name__}")
+        return value
+
+    def number(self, value: Any, where: str) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise self.fail(where, f"must be a number or null, got {type(value).__name__}")
+
+    def latency(self, rows: Any, where: str) -> None:
+        seen = set()
+        for i, row in enumerate(self.list(rows, where)):
+            row = self.dict(row, f"{where}[{i}]")
+            batch = row.get("batch_size")
+            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+                raise self.fail(f"{where}[{i}].batch_size", f"must be a whole number >= 1, got {batch!r}")
+            if batch in seen:
+                raise self.fail(f"{where}[{i}]", f"repeats batch size {batch}")
+            seen.add(batch)
+            for key in _LATENCY_NUMBERS:
+                self.number(row.get(key), f"{where}[{i}].{key}")
+            for j, sample in enumerate(self.list(row.get("samples_ms", []), f"{where}[{i}].samples_ms")):
+                if isinstance(sample, bool) or not isinstance(sample, int | float) or not math.isfinite(sample):
+                    raise self.fail(f"{where}[{i}].samples_ms[{j}]", "must be a finite number")
+
+    def report(self, data: Any) -> dict[str, Any]:
+        data = self.dict(data, "the top level")
+        if data.get("schema") != SCHEMA:
+            raise UserError(
+                f"{self.label} is not a resnet-deploy report (schema {data.get('schema')!r}, expected {SCHEMA!r}); "
+                "give the report.json written by resnet-deploy build"
+            )
+        for key in ("model", "reference"):
+            self.dict(data.get(key), key)
+        for key in ("host", "versions", "stages", "data"):
+            self.dict(data.get(key, {}), key)
+        self.latency(data["reference"].get("latency", []), "reference.latency")
+        names = set()
+        for i, engine in enumerate(self.list(data.get("engines"), "engines")):
+            engine = self.dict(engine, f"engines[{i}]")
+            name = engine.get("name")
+            if not isinstance(name, str) or not name:
+                raise self.fail(f"engines[{i}].name", "must be a non-empty string")
+            if name in names:
+                raise self.fail(f"engines[{i}].name", f"repeats engine {name!r}")
+            names.add(name)
+            if engine.get("accuracy") is not None:
+                accuracy = self.dict(engine["accuracy"], f"engines[{i}].accuracy")
+                for key in _ACCURACY_NUMBERS:
+                    self.number(accuracy.get(key), f"engines[{i}].accuracy.{key}")
+            self.latency(engine.get("latency", []), f"engines[{i}].latency")
+        if data.get("gates") is not None:
+            self.gates(data["gates"])
+        return data
+
+    def strings(self, value: Any, where: str) -> None:
+        for i, item in enumerate(self.list(value, where)):
+            if not isinstance(item, str):
+                raise self.fail(f"{where}[{i}]", "must be a string")
+
+    def gates(self, gates: Any) -> None:
+        """The gate results a build with --gates stored (rendered again by `resnet-deploy report`)."""
+        gates = self.dict(gates, "gates")
+        for key in ("unmatched_tables", "engines", "ungated_engines", "warnings"):
+            self.strings(gates.get(key), f"gates.{key}")
+        if not isinstance(gates.get("report"), str) or not isinstance(gates.get("baseline"), str | None):
+            raise self.fail("gates.report/baseline", "must be strings")
+        for i, result in enumerate(self.list(gates.get("results"), "gates.results")):
+            where = f"gates.results[{i}]"
+            result = self.dict(result, where)
+            for key in ("engine", "table", "gate", "unit"):
+                if not isinstance(result.get(key), str):
+                    raise self.fail(f"{where}.{key}", "must be a string")
+            if result.get("bound") not in ("max", "min") or not isinstance(result.get("passed"), bool):
+                raise self.fail(where, "must have bound 'max' or 'min' and a boolean passed")
+            if result.get("threshold") is None:
+                raise self.fail(f"{where}.threshold", "must be a number")
+            for key in ("threshold", "value"):
+                self.number(result.get(key), f"{where}.{key}")
+
+
+def read_report(path: Path, what: str = "report") -> dict[str, Any]:
+    """A report.json read back and checked for the structure gates, compare and HTML rely on."""
+    path = Path(path)
+    label = f"{what} {path}"
+    text = read_user_text(path, label, "give the report.json written by resnet-deploy build")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{label} is not valid JSON ({exc}); give the report.json written by resnet-deploy build") from None
+    return _Shape(label).report(data)
+
+
+_HOST_KEYS = ("cpu", "machine", "cpu_count", "threads", "gpu")
+_VERSION_KEYS = ("onnxruntime", "torch", "onnx", "tensorrt")
+
+
+def environment_differences(old: dict[str, Any], new: dict[str, Any], old_label: str = "baseline") -> list[str]:
+    """Why latency numbers of two reports may not compare like with like (empty when they do)."""
+    out = []
+    old_host, new_host = old.get("host", {}), new.get("host", {})
+    host = [f"{k} {old_host.get(k)!r} vs {new_host.get(k)!r}" for k in _HOST_KEYS if old_host.get(k) != new_host.get(k)]
+    if host:
+        out.append(f"{old_label} is from another machine or setting (" + "; ".join(host) + "): latency is not like with like")
+    old_v, new_v = old.get("versions", {}), new.get("versions", {})
+    versions = [f"{k} {old_v.get(k)} vs {new_v.get(k)}" for k in _VERSION_KEYS if old_v.get(k) != new_v.get(k)]
+    if versions:
+        out.append(f"{old_label} ran other software versions (" + "; ".join(versions) + ")")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ markdown
@@ -246,4 +391,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- note: {note}")
     if report.get("failures"):
         lines += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
+    if report.get("gates"):
+        from ..gates import render
+
+        lines += ["", render.markdown(report["gates"]).rstrip("\n")]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,368 @@
+"""report.html: one self-contained page (no scripts, no external files; plots embedded as base64 PNG).
+
+`render_html(report)` works on a report dict as written to report.json, so a page can be rendered again
+from a report read back from disk (`resnet-deploy report REPORT.json --html OUT.html`).
+
+Plots use matplotlib's object API (`Figure` + the Agg canvas, never pyplot's global figures) inside a
+style context, so rendering a report changes no global matplotlib state.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Iterator
+from typing import Any
+
+STYLE: dict[str, Any] = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.35,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+}
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #1b1b1b; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .6em 0; font-variant-numeric: tabular-nums; }
+th, td { padding: .25em .7em; border-bottom: 1px solid #e5e5e5; text-align: right; }
+th:first-child, td:first-child, td.text { text-align: left; }
+td.text { white-space: nowrap; } td.text:last-child { white-space: normal; }
+th { background: #f5f5f5; }
+.pass { color: #17703a; font-weight: 600; } .fail { color: #b3261e; font-weight: 600; }
+.warn { background: #fff4d6; border-left: 4px solid #e0a100; padding: .4em .8em; }
+.bar { background: #4c78a8; height: .8em; display: inline-block; }
+figure { margin: 1em 0; } figcaption { color: #555; font-size: .9em; }
+img.plot { max-width: 100%; height: auto; border: 1px solid #eee; }
+code { background: #f3f3f3; padding: 0 .25em; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, fmt: str = ".4g") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}%"
+
+
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    """Cells are already escaped HTML; the first `text_columns` are left-aligned."""
+    head = f"<thead><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr></thead>" if any(header) else ""
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="text">{c}</td>' if i < text_columns else f"<td>{c}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+# ------------------------------------------------------------------------------------------- plots
+
+
+def _timed_entries(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reference and every engine that has latency rows, in report order."""
+    return [e for e in [report["reference"], *report["engines"]] if e.get("latency")]
+
+
+def distribution_entries(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Entries that get a latency distribution plot: those whose report kept the raw samples."""
+    return [e for e in _timed_entries(report) if any(row.get("samples_ms") for row in e["latency"])]
+
+
+class _Plots:
+    """Makes figures inside the style context and returns them as <figure> HTML."""
+
+    def __init__(self) -> None:
+        from matplotlib import style
+
+        self._style = style
+
+    def render(self, kind: str, caption: str, draw, figsize: tuple[float, float], **attrs: str) -> str:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        with self._style.context(STYLE):
+            fig = Figure(figsize=figsize, layout="constrained")
+            FigureCanvasAgg(fig)
+            draw(fig)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png")
+        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        extra = "".join(f' data-{k}="{_esc(v)}"' for k, v in attrs.items())
+        return (
+            f'<figure><img class="plot" data-plot="{kind}"{extra} alt="{_esc(caption)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{_esc(caption)}</figcaption></figure>'
+        )
+
+
+def _draw_distribution(entry: dict[str, Any]):
+    rows = [row for row in entry["latency"] if row.get("samples_ms")]
+
+    def draw(fig) -> None:
+        axes = fig.subplots(1, len(rows), squeeze=False)[0]
+        for ax, row in zip(axes, rows):
+            samples = row["samples_ms"]
+            ax.hist(samples, bins=min(40, max(5, len(samples) // 3)), color=COLORS[0], alpha=0.8)
+            for key, color, label in (("p50_ms", "#333333", "p50"), ("p99_ms", COLORS[1], "p99")):
+                if row.get(key) is not None:
+                    ax.axvline(row[key], color=color, linestyle="--", linewidth=1, label=f"{label} {row[key]:.3g} ms")
+            ax.set_title(f"batch {row['batch_size']} ({len(samples)} calls)")
+            ax.set_xlabel("ms per call")
+            ax.legend(loc="upper right", fontsize=8)
+        axes[0].set_ylabel("calls")
+        fig.suptitle(entry["name"])
+
+    return draw, (min(3.4 * len(rows), 11.0), 2.8)
+
+
+def _draw_throughput(entries: list[dict[str, Any]]):
+    def draw(fig) -> None:
+        ax = fig.subplots()
+        sizes = sorted({row["batch_size"] for e in entries for row in e["latency"]})
+        for i, entry in enumerate(entries):
+            rows = sorted((r for r in entry["latency"] if r.get("throughput_ips") is not None), key=lambda r: r["batch_size"])
+            ax.plot(
+                [r["batch_size"] for r in rows],
+                [r["throughput_ips"] for r in rows],
+                marker="o",
+                color=COLORS[i % len(COLORS)],
+                label=entry["name"],
+            )
+        if len(sizes) > 2 and sizes[-1] / sizes[0] >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("images / s")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+
+    return draw, (6.4, 3.4)
+
+
+def _speed_batch(entries: list[dict[str, Any]]) -> int | None:
+    common = set.intersection(*({row["batch_size"] for row in e["latency"]} for e in entries)) if entries else set()
+    return min(common) if common else None
+
+
+def _scatter_points(report: dict[str, Any]) -> tuple[list[tuple[str, float, float]], str, int | None]:
+    """(name, p50 ms, accuracy %) per timed entry with an accuracy number; the y label; the batch size."""
+    entries = _timed_entries(report)
+    batch = _speed_batch(entries)
+    labelled = report["reference"].get("top1") is not None
+    points = []
+    for entry in entries:
+        row = next((r for r in entry["latency"] if r["batch_size"] == batch), None)
+        if row is None or row.get("p50_ms") is None:
+            continue
+        if entry is report["reference"]:
+            accuracy = entry.get("top1") if labelled else 1.0
+        else:
+            acc = entry.get("accuracy") or {}
+            accuracy = acc.get("top1") if labelled else acc.get("top1_agreement")
+        if accuracy is not None:
+            points.append((entry["name"], row["p50_ms"], accuracy * 100.0))
+    label = "top-1 accuracy on labels (%)" if labelled else "top-1 agreement with the reference (%)"
+    return points, label, batch
+
+
+def _draw_scatter(points: list[tuple[str, float, float]], ylabel: str, batch: int):
+    def draw(fig) -> None:
+        ax = fig.subplots()
+        for i, (name, ms, accuracy) in enumerate(points):
+            ax.scatter([ms], [accuracy], s=60, color=COLORS[i % len(COLORS)], label=name, zorder=3)
+            ax.annotate(name, (ms, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set_xlabel(f"p50 latency at batch {batch} (ms), lower is faster")
+        ax.set_ylabel(ylabel)
+        fastest, slowest = min(ms for _, ms, _ in points), max(ms for _, ms, _ in points)
+        if slowest / fastest > 20:  # e.g. an INT8 engine next to eager PyTorch: log scale keeps both readable
+            ax.set_xscale("log")
+            ax.set_xlim(fastest / 1.5, slowest * 2.5)
+        else:
+            ax.set_xlim(left=0, right=slowest * 1.3)
+        low = min(a for *_, a in points)
+        ax.set_ylim(max(0.0, low - max(1.0, (100 - low) * 0.5)), 100.5)
+
+    return draw, (6.4, 3.6)
+
+
+def plot_figures(report: dict[str, Any]) -> Iterator[str]:
+    """Every plot of the report as <figure> HTML."""
+    plots = _Plots()
+    for entry in distribution_entries(report):
+        draw, size = _draw_distribution(entry)
+        yield plots.render("latency-distribution", f"latency distribution: {entry['name']}", draw, size, engine=entry["name"])
+    entries = _timed_entries(report)
+    if entries:
+        draw, size = _draw_throughput(entries)
+        yield plots.render("throughput", "throughput vs batch size", draw, size)
+    points, ylabel, batch = _scatter_points(report)
+    if points:
+        draw, size = _draw_scatter(points, ylabel, batch)
+        yield plots.render(
+            "accuracy-vs-speed", "accuracy vs speed (each engine one point, the PyTorch reference included)", draw, size
+        )
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+
+def _model_section(report: dict[str, Any]) -> str:
+    model, fold, export = report["model"], report.get("fold", {}), report.get("export", {})
+    val = report.get("data", {}).get("val", {})
+    rows = [
+        ["architecture", _esc(model.get("arch"))],
+        ["weights sha256", f"<code>{_esc(model.get('weights_sha256', ''))}</code>"],
+        ["classes", _esc(model.get("num_classes"))],
+        ["input", _esc("x".join(map(str, model.get("input_shape", []))))],
+        ["BN folding", _esc(f"{fold.get('folded')} folded, {fold.get('remaining_batchnorm')} remaining, "
+                            f"max abs diff {_num(fold.get('max_abs_diff'), '.3g')}")],
+        ["ONNX export", _esc(f"opset {export.get('opset')}, max abs diff vs PyTorch {_num(export.get('max_abs_diff'), '.3g')}")],
+        ["validation data", _esc(f"{val.get('path', '?')}: {val.get('candidates', '?')} files, "
+                                 f"labels: {'yes' if val.get('labels') else 'no'}, skipped: {val.get('skipped', 0)}")],
+    ]  # fmt: skip
+    return "<h2>Model</h2>" + _table(["", ""], rows, text_columns=2)
+
+
+def _stages_section(report: dict[str, Any]) -> str:
+    stages = report.get("stages") or {}
+    if not stages:
+        return ""
+    longest = max(stages.values()) or 1.0
+    rows = [
+        [_esc(name), f"{seconds:.2f}", f'<span class="bar" style="width:{max(1, round(200 * seconds / longest))}px"></span>']
+        for name, seconds in stages.items()
+    ]
+    total = sum(stages.values())
+    return f"<h2>Stages</h2><p>{total:.1f} s in all.</p>" + _table(["stage", "seconds", ""], rows)
+
+
+def _accuracy_section(report: dict[str, Any]) -> str:
+    ref = report["reference"]
+    header = ["engine", "precision", "samples", "top-1 agree", "top-5 agree", "max abs diff", "mean abs diff",
+              "cosine min", "cosine mean", "top-1", "top-1 drop (pts)", "NaN/Inf"]  # fmt: skip
+    rows = [[f"{_esc(ref['name'])} (reference)", "fp32", "", "100%", "100%", "0", "0", "1", "1", _pct(ref.get("top1")), "", ""]]
+    for engine in report["engines"]:
+        acc = engine.get("accuracy")
+        if engine.get("error") or acc is None:
+            why = engine.get("error") or "not validated"
+            rows.append(
+                [_esc(engine["name"]), _esc(engine.get("precision", "")), f'<span class="fail">{_esc(why)}</span>'] + [""] * 9
+            )
+            continue
+        nonfinite = acc.get("nonfinite_outputs") or 0
+        rows.append([
+            _esc(engine["name"]), _esc(engine.get("precision", "")), _esc(acc.get("samples", "")),
+            _pct(acc.get("top1_agreement")), _pct(acc.get("top5_agreement")), _num(acc.get("max_abs_diff"), ".3g"),
+            _num(acc.get("mean_abs_diff"), ".3g"), _num(acc.get("cosine_min"), ".6f"), _num(acc.get("cosine_mean"), ".6f"),
+            _pct(acc.get("top1")), _num(acc.get("top1_drop_points"), "+.2f"),
+            f'<span class="fail">{nonfinite}</span>' if nonfinite else "0",
+        ])  # fmt: skip
+    return "<h2>Accuracy against the PyTorch reference</h2>" + _table(header, rows, text_columns=2)
+
+
+def _latency_section(report: dict[str, Any]) -> str:
+    header = ["engine", "batch", "calls", "p50", "p90", "p95", "p99", "mean", "std", "min", "max", "images/s"]
+    rows = []
+    for entry in _timed_entries(report):
+        for row in sorted(entry["latency"], key=lambda r: r["batch_size"]):
+            rows.append(
+                [_esc(entry["name"]), str(row["batch_size"]), _esc(row.get("iterations", ""))]
+                + [
+                    _num(row.get(k), ".3f")
+                    for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms")
+                ]
+                + [_num(row.get("throughput_ips"), ".1f")]
+            )
+    if not rows:
+        return "<h2>Latency</h2><p>No latency was measured.</p>"
+    return "<h2>Latency (ms per call)</h2>" + _table(header, rows)
+
+
+def _plots_section(report: dict[str, Any]) -> str:
+    figures = list(plot_figures(report))
+    missing = [e["name"] for e in _timed_entries(report) if e not in distribution_entries(report)]
+    note = (
+        f"<p>No per-call samples in this report for {_esc(', '.join(missing))} (written before samples were kept): "
+        "no distribution plot.</p>"
+        if missing
+        else ""
+    )
+    return "<h2>Plots</h2>" + note + "".join(figures)
+
+
+def _gates_section(gates: dict[str, Any] | None) -> str:
+    if not gates:
+        return ""
+    from ..gates.render import describe, unmatched_text
+
+    failed = sum(not r["passed"] for r in gates["results"]) + len(gates["unmatched_tables"])
+    status = '<span class="pass">all gates pass</span>' if not failed else f'<span class="fail">{failed} gate(s) fail</span>'
+    warnings = "".join(f'<p class="warn">{_esc(w)}</p>' for w in gates["warnings"])
+    rows = [
+        [
+            '<span class="pass">PASS</span>' if r["passed"] else '<span class="fail">FAIL</span>',
+            _esc(r["engine"]),
+            f"<code>{_esc(r['gate'])}</code>",
+            _esc(describe(r)),
+        ]
+        for r in gates["results"]
+    ]
+    rows += [
+        ['<span class="fail">FAIL</span>', "", "", _esc(unmatched_text(p, gates["engines"]))] for p in gates["unmatched_tables"]
+    ]
+    baseline = f", baseline <code>{_esc(gates['baseline'])}</code>" if gates.get("baseline") else ""
+    return f"<h2>Gates</h2><p>{status}{baseline}</p>{warnings}" + _table(["", "engine", "gate", "result"], rows, text_columns=4)
+
+
+def _environment_section(report: dict[str, Any]) -> str:
+    host, versions = report.get("host", {}), report.get("versions", {})
+    rows = [[_esc(k), _esc(v)] for k, v in host.items()] + [[_esc(k), _esc(v)] for k, v in versions.items() if v]
+    return "<h2>Environment</h2>" + _table(["", ""], rows, text_columns=2)
+
+
+def _notes_section(report: dict[str, Any]) -> str:
+    items = [f'<li class="fail">{_esc(f)}</li>' for f in report.get("failures", [])]
+    items += [f"<li>{_esc(n)}</li>" for n in report.get("notes", [])]
+    return f"<h2>Notes</h2><ul>{''.join(items)}</ul>" if items else ""
+
+
+def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None) -> str:
+    """The page for a report dict; `gates` (a GateReport dict) defaults to the report's own gate results."""
+    gates = gates if gates is not None else report.get("gates")
+    arch = _esc(report["model"].get("arch", "?"))
+    checks = (
+        '<span class="fail">build checks failed</span>'
+        if report.get("failures")
+        else '<span class="pass">build checks passed</span>'
+    )
+    body = "".join(
+        [
+            f"<h1>resnet-deploy report: {arch}</h1><p>{checks}</p>",
+            _gates_section(gates),
+            _model_section(report),
+            _stages_section(report),
+            _accuracy_section(report),
+            _latency_section(report),
+            _plots_section(report),
+            _environment_section(report),
+            _notes_section(report),
+        ]
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<link rel="icon" href="data:,"><title>resnet-deploy report: {arch}</title><style>{CSS}</style></head>'
+        f"<body>{body}</body></html>\n"
+    )
