@@ -9,6 +9,7 @@ from typing import Any
 
 import tomllib
 
+from .calibration.methods import CalibrationOptions
 from .errors import UserError
 
 
@@ -105,7 +106,18 @@ class BuildConfig:
     batch_size: int = 32
     opset: int | None = None
     benchmark: BenchmarkOptions = field(default_factory=BenchmarkOptions)
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     force: bool = False
+
+    def __post_init__(self) -> None:
+        reduced = [p for p in self.precisions if p is not Precision.FP32]
+        if reduced and self.calib_data is None:
+            names = ",".join(p.value for p in reduced)
+            raise UserError(
+                f"--precision {names} needs --calib-data: INT8 ranges and FP16's overflow check come from calibration images"
+            )
+        if Precision.INT8 not in self.precisions and self.targets != (Target.ONNXRUNTIME,):
+            raise UserError("--target chooses the INT8 recipe; add int8 to --precision or drop --target")
 
 
 # Keys of a build TOML file and the type each must have.
@@ -126,7 +138,14 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "batch_sizes": str,
     "warmup": int,
     "iterations": int,
+    "calib_size": int,
+    "seed": int,
+    "calib_method": str,
+    "percentile": (int, float),
+    "exclude_layers": str,
+    "calib_cache": str,
 }
+PATH_KEYS = frozenset({"weights", "val_data", "calib_data", "out", "calib_cache"})
 
 
 def load_toml_options(path: Path) -> dict[str, Any]:
@@ -149,7 +168,7 @@ def load_toml_options(path: Path) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, expected):
             name = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
             raise UserError(f"config file {path}: key {key!r} must be a {name}, got {type(value).__name__}")
-        if key in {"weights", "val_data", "calib_data", "out"}:
+        if key in PATH_KEYS:
             value = str((Path(path).parent / value).resolve())
         options[key] = value
     return options

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import OnnxArtifact, staged_output_dir
-from ..config import BuildConfig
+from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet, calibrate
+from ..calibration.fp16 import convert_fp16
+from ..calibration.quantize import quantize_int8
+from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, SkipSummary, first_images, open_dataset
 from ..engines.base import Runner
 from ..engines.ort import OrtRunner
@@ -26,6 +29,8 @@ CHECK_IMAGES = 32  # real images used by the fold and export checks
 
 FOLDED_NAME = "model.folded.safetensors"
 FP32_NAME = "model.fp32.onnx"
+FP16_NAME = "model.fp16.onnx"
+INT8_TRT_FP16_NAME = "model.int8-tensorrt.fp16.onnx"  # INT8 + FP16 elsewhere: for TensorRT only
 
 
 class StageTimer:
@@ -53,6 +58,20 @@ class EngineSpec:
     def name(self) -> str:
         return engine_name(self.backend, self.artifact.precision, self.artifact.target)
 
+    def result(self) -> EngineResult:
+        """The report row, before validation and benchmark fill in the numbers."""
+        details = dict(self.artifact.details)
+        quantization = details.pop("quantization", None) or details.pop("fp16", None)
+        return EngineResult(
+            self.name,
+            self.backend,
+            self.artifact.precision,
+            self.artifact.target,
+            str(self.final_path),
+            details=details,
+            quantization=quantization,
+        )
+
     def runner(self, config: BuildConfig) -> Runner:
         return OrtRunner(
             self.artifact.path,
@@ -75,14 +94,68 @@ def _data_summary(dataset: Dataset) -> dict[str, object]:
     }
 
 
+def _warnings(val: Dataset, calibration_set: CalibrationSet | None) -> list[str]:
+    if calibration_set is None:
+        return []
+    shared = calibration_set.overlap(val)
+    if not shared:
+        return []
+    return [
+        f"{shared} of the {len(calibration_set.dataset)} calibration images are also validation images "
+        f"({calibration_set.dataset.source} and {val.source}): INT8/FP16 accuracy is measured on data the ranges "
+        "were fitted to; give separate --calib-data and --val-data"
+    ]
+
+
+def _reduced_precision(
+    config: BuildConfig, fp32: OnnxArtifact, calibration_set: CalibrationSet, stage: Path, timer: StageTimer, progress: Progress
+) -> tuple[list[OnnxArtifact], list[OnnxArtifact], Calibration]:
+    """Calibrate once, then the FP16 model and one INT8 model per target, all from the same statistics.
+
+    Returns the models to validate, the models made for TensorRT only, and the calibration.
+    """
+    options = config.calibration
+    with timer("calibrate"):
+        calibration = calibrate(fp32, calibration_set, options, config.threads, progress)
+        calibration.write(stage / CALIB_NAME)
+    made: list[OnnxArtifact] = []
+    if Precision.FP16 in config.precisions:
+        with timer("fp16"):
+            made.append(convert_fp16(fp32, calibration, stage / FP16_NAME, options.exclude_layers))
+        progress.log(f"FP16: {made[-1].details['fp16']['fp16_nodes']} nodes in FP16 -> {FP16_NAME}")
+    extra: list[OnnxArtifact] = []
+    if Precision.INT8 in config.precisions:
+        example = first_images(calibration_set.dataset, 1)
+        for target in config.targets:
+            name = int8_name(target)
+            # TensorRT wants FP16 between the quantized layers when FP16 is asked too; ONNX Runtime's CPU EP
+            # cannot run such a graph exactly, so it validates the FP32-elsewhere twin (same Q/DQ).
+            fp16_twin = stage / INT8_TRT_FP16_NAME if target is Target.TENSORRT and Precision.FP16 in config.precisions else None
+            with timer(f"quantize-{target}"):
+                validated, *twin = quantize_int8(
+                    fp32, calibration, target, stage / name, example, options.exclude_layers, fp16_twin
+                )
+            made.append(validated)
+            extra += twin
+            progress.log(f"INT8 ({target}): {validated.details['quantization']['quantized_nodes']} quantized nodes -> {name}")
+    return made, extra, calibration
+
+
+def int8_name(target: Target) -> str:
+    return f"model.int8-{target.value}.onnx"
+
+
 def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
     timer = StageTimer()
+    reduced = any(p is not Precision.FP32 for p in config.precisions)
     with timer("load"):
         model = load_model(config.arch, config.weights, config.num_classes, config.input_size)
         val = open_dataset(config.val_data, model.preprocess, option="--val-data")
         calib = open_dataset(config.calib_data, model.preprocess, option="--calib-data") if config.calib_data else None
         check_images = first_images(calib or val, CHECK_IMAGES)
+        calibration_set = CalibrationSet.draw(calib, config.calibration.size, config.calibration.seed) if reduced else None
     progress.log(f"loaded {model.arch} ({model.num_classes} classes, input {'x'.join(map(str, model.preprocess.input_size))})")
+    warnings = _warnings(val, calibration_set)
 
     with staged_output_dir(config.out, config.force) as stage:
         with timer("fold"):
@@ -93,13 +166,13 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             fp32 = export_onnx(folded, model.info, check_images, stage / FP32_NAME, config.opset, fold.as_dict())
         progress.log(f"exported ONNX opset {fp32.opset}, parity {fp32.details['parity']['max_abs_diff']:.2e}")
 
-        engines = [EngineSpec(fp32, "onnxruntime", config.out.absolute() / FP32_NAME)]
-        results = [
-            EngineResult(
-                e.name, e.backend, e.artifact.precision, e.artifact.target, str(e.final_path), details=e.artifact.details
-            )
-            for e in engines
-        ]
+        artifacts = [fp32] if Precision.FP32 in config.precisions else []
+        calibration, tensorrt_only = None, []
+        if calibration_set is not None:
+            made, tensorrt_only, calibration = _reduced_precision(config, fp32, calibration_set, stage, timer, progress)
+            artifacts += made
+        engines = [EngineSpec(a, "onnxruntime", config.out.absolute() / a.path.name) for a in artifacts]
+        results = [e.result() for e in engines]
         reference_runner = PyTorchRunner(model.module, threads=config.threads)
         runners = [spec.runner(config) for spec in engines]
         with timer("validate"):
@@ -134,6 +207,25 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             data={"val": _data_summary(val), **({"calib": _data_summary(calib)} if calib else {})},
             environment=environment(config.threads),
             stages=timer.seconds,
+            warnings=warnings,
+            calibration=None if calibration is None else _calibration_summary(calibration, config.out.absolute() / CALIB_NAME),
+            notes=([] if calibration is None else list(calibration.notes))
+            + [
+                f"{a.path.name}: the INT8 model for TensorRT with FP16 between the quantized layers; not run here "
+                f"(ONNX Runtime's CPU EP does not execute FP16 Q/DQ graphs exactly); its Q/DQ and scales are those of "
+                f"{a.details['quantization']['same_qdq_as']}, validated above"
+                for a in tensorrt_only
+            ],
         )
         report.write(stage)
     return report
+
+
+def _calibration_summary(calibration: Calibration, path: Path) -> dict[str, object]:
+    return {
+        **calibration.summary(),
+        "data": calibration.data,
+        "tensors": len(calibration.ranges),
+        "seconds": round(calibration.seconds, 3),
+        "path": str(path),
+    }
