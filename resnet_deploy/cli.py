@@ -267,7 +267,6 @@ def export(progress, folded: Path, out: Path, data: Path | None, opset: int | No
     type=click.Path(path_type=Path),
     help="Statistics cache: reused when it matches, written when not (default: calib.json beside --out).",
 )
-@click.option("--high-precision", default="fp32", show_default=True, help="tensorrt target: fp32 or fp16 for unquantized layers.")
 @click.option("--val-data", type=click.Path(path_type=Path), help="Validation data: only to warn if it overlaps --calib-data.")
 @click.option("--threads", type=int, help="CPU threads for the calibration pass.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
@@ -276,6 +275,7 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
     """FP32 ONNX + calibration images -> INT8 Q/DQ ONNX (per target) or FP16 ONNX, with calib.json."""
     from .artifacts import OnnxArtifact
     from .calibration.calibrate import CALIB_NAME, CalibrationSet, calibrate
+    from .calibration.graph import excluded_nodes, load_onnx
     from .config import Precision, Target, parse_enum_list
     from .data import Preprocess, first_images, open_dataset
 
@@ -286,13 +286,12 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
     precision, target = precisions[0], targets[0]
     if precision is Precision.FP32:
         raise UserError("--precision fp32: the input already is FP32; choose int8 or fp16")
-    if options["high_precision"] not in ("fp32", "fp16"):
-        raise UserError(f"--high-precision must be fp32 or fp16, got {options['high_precision']!r}")
     _refuse_existing(out, options["force"])
     fp32 = OnnxArtifact.read(onnx_path)
     if fp32.precision != "fp32":
         raise UserError(f"--onnx {onnx_path} is a {fp32.precision} model; give the FP32 ONNX written by export or build")
     calibration_options = _calibration_options({**options, "calib_cache": options["calib_cache"] or out.parent / CALIB_NAME})
+    excluded_nodes(load_onnx(fp32.path), calibration_options.exclude_layers)  # fail before calibrating
     preprocess = Preprocess.from_dict(fp32.preprocess)
     calibration_set = CalibrationSet.draw(
         open_dataset(calib_data, preprocess, option="--calib-data"), calibration_options.size, calibration_options.seed
@@ -314,9 +313,7 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
         from .calibration.quantize import quantize_int8
 
         example = first_images(calibration_set.dataset, 1)
-        artifact = quantize_int8(
-            fp32, calibration, target, out, example, calibration_options.exclude_layers, options["high_precision"]
-        )
+        (artifact,) = quantize_int8(fp32, calibration, target, out, example, calibration_options.exclude_layers)
         info = artifact.details["quantization"]
         click.echo(
             f"int8 ({target}): {info['quantized_nodes']} quantized nodes, {len(info['excluded_nodes'])} excluded, "

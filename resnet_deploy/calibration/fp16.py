@@ -20,7 +20,7 @@ import numpy as np
 from ..artifacts import OnnxArtifact, write_onnx_artifact
 from ..errors import CheckFailed
 from .calibrate import Calibration
-from .graph import checked_onnx, derived_artifact, excluded_nodes
+from .graph import checked_onnx, derived_artifact, excluded_nodes, load_onnx
 from .quantize import captured_output
 
 DATA_MAX = 512.0  # modelopt.onnx.autocast.convert.DEFAULT_DATA_MAX
@@ -54,7 +54,7 @@ def convert_fp16(fp32: OnnxArtifact, calibration: Calibration, path: Path, exclu
     """Write the FP16 ONNX (inputs and outputs stay FP32) at `path` with its sidecar."""
     import onnx
 
-    source = onnx.load(str(fp32.path), load_external_data=False)
+    source = load_onnx(fp32.path)
     excluded = excluded_nodes(source, exclude_layers)
     overflow = overflow_nodes(source, calibration)
     keep = sorted(set(excluded) | set(overflow))

@@ -28,6 +28,13 @@ def module_path(node) -> str | None:
     return None
 
 
+def load_onnx(path: Path):
+    """The graph of an ONNX file without its weights' external data (for reading structure)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
 def excluded_nodes(model, pattern: str | None) -> list[str]:
     """Names of the nodes whose name or PyTorch module path matches `pattern` (re.search).
 

@@ -31,7 +31,7 @@ from ..artifacts import OnnxArtifact, write_onnx_artifact
 from ..config import Target
 from ..errors import CheckFailed
 from .calibrate import Calibration
-from .graph import QDQ_OPS, checked_onnx, count_ops, derived_artifact, excluded_nodes, producers, quantized_nodes
+from .graph import QDQ_OPS, checked_onnx, count_ops, derived_artifact, excluded_nodes, load_onnx, producers, quantized_nodes
 
 TRT_CACHE_HEADER = "TRT-8501-EntropyCalibration2"
 
@@ -173,9 +173,8 @@ def quantize_int8(
 
     `example` is one preprocessed image (ModelOpt's API wants calibration data even with a cache).
     """
-    import onnx
 
-    excluded = excluded_nodes(onnx.load(str(fp32.path), load_external_data=False), exclude_layers)
+    excluded = excluded_nodes(load_onnx(fp32.path), exclude_layers)
     if fp16_path is not None and target is not Target.TENSORRT:
         raise ValueError("an FP16-elsewhere INT8 model is made for the tensorrt target only")
     recipes = {

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..artifacts import OnnxArtifact, staged_output_dir
 from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet, calibrate
 from ..calibration.fp16 import convert_fp16
+from ..calibration.graph import excluded_nodes, load_onnx
 from ..calibration.quantize import quantize_int8
 from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, SkipSummary, first_images, open_dataset
@@ -115,6 +116,7 @@ def _reduced_precision(
     Returns the models to validate, the models made for TensorRT only, and the calibration.
     """
     options = config.calibration
+    excluded_nodes(load_onnx(fp32.path), options.exclude_layers)  # a pattern matching nothing fails before calibrating
     with timer("calibrate"):
         calibration = calibrate(fp32, calibration_set, options, config.threads, progress)
         calibration.write(stage / CALIB_NAME)
