@@ -145,11 +145,9 @@ def _activation_order(graph) -> list[str]:
 
 
 def augment(model, plan: StatisticsPlan):
-    """A copy of `model` whose outputs are the measured tensors (graph inputs come from the feed)."""
-    import onnx
+    """`model` (changed in place) with the measured tensors as its outputs (graph inputs come from the feed)."""
     from onnx import helper
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     elem_types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.value_info, *graph.output]}
     del graph.output[:]
