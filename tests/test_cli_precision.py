@@ -140,8 +140,9 @@ def test_quantize_subcommand_and_its_cache(built, workload, tmp_path):
     artifact = OnnxArtifact.read(tmp_path / "model.int8.onnx")
     assert (artifact.precision, artifact.target) == ("int8", "onnxruntime")
 
-    second = invoke(*common, "--precision", "fp16", "--out", str(tmp_path / "model.fp16.onnx"))
+    second = invoke(*common, "--precision", "fp16", "--out", str(tmp_path / "model.fp16.onnx"), "--val-data", str(workload.calib))
     assert second.exit_code == 0, second.output
+    assert "warning: 64 calibration images are also in --val-data" in second.output
     assert "reused from" in second.output and OnnxArtifact.read(tmp_path / "model.fp16.onnx").precision == "fp16"
 
     again = invoke(*common, "--out", str(tmp_path / "model.int8.onnx"))

@@ -177,5 +177,6 @@ def calibrate(
     started = time.perf_counter()
     stats = collect_statistics(fp32.path, fp32.input_name, calibration_set.dataset, threads, progress)
     seconds = time.perf_counter() - started
+    data = {**data, "skipped": len(calibration_set.dataset.skipped)}  # unreadable files among those drawn
     progress.log(f"calibration: {stats.samples} images, {len(stats.tensors)} tensors measured in {seconds:.1f} s")
     return Calibration(stats, options.method, options.percentile, onnx_sha256, data, False, seconds, tuple(notes))

@@ -253,13 +253,13 @@ def _precision_section(report: dict[str, Any]) -> list[str]:
             "",
         ]
     lines += [
-        "| engine | tool | method | samples | quantized nodes | kept in higher precision |",
+        "| engine | tool | method | samples | nodes in INT8 / FP16 | kept in higher precision |",
         "|---|---|---|---|---|---|",
     ]
     for engine in rows:
         q = engine["quantization"]
         kept = q.get("excluded_nodes", []) if engine["precision"] == "int8" else q.get("fp32_nodes", [])
-        method = q.get("method", "")
+        method = q.get("method") or "max |x| only"  # FP16 reads the maxima, no range method
         if q.get("percentile") is not None:
             method = f"{method} {q['percentile']:g}"
         lines.append(
