@@ -17,12 +17,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m resnet_deploy.examples.digits --out $(DEMO)/data
 	$(BIN)/resnet-deploy build --arch resnet18 --weights $(DEMO)/data/weights.pth --input-size 3x32x32 \
-		--calib-data $(DEMO)/data/calib --val-data $(DEMO)/data/val --precision fp32 \
+		--calib-data $(DEMO)/data/calib --val-data $(DEMO)/data/val \
+		--precision fp32,fp16,int8 --target onnxruntime,tensorrt \
 		--out $(DEMO)/out --force
 	@echo "report: $(DEMO)/out/report.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cpu_engines.py
 
 lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff

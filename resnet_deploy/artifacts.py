@@ -124,6 +124,15 @@ def write_with_sidecar(path: Path, write: Callable[[Path], None], metadata: dict
     write_json_atomic(sidecar_path(path), {**metadata, "sha256": digest})
 
 
+def write_onnx_artifact(path: Path, produce: Callable[[Path], "OnnxArtifact"]) -> "OnnxArtifact":
+    """`produce(tmp_path)` writes the model and returns its artifact; the file and its sidecar land atomically."""
+    with atomic_path(path) as tmp:
+        artifact = produce(tmp)
+        digest = sha256_file(tmp)
+    write_json_atomic(sidecar_path(path), {**artifact.metadata(), "sha256": digest})
+    return artifact
+
+
 def read_sidecar(path: Path, kind: str) -> dict[str, Any]:
     """The sidecar of `path`, checked to be of `kind` and to match the file's sha256."""
     path = Path(path)

@@ -97,6 +97,18 @@ def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--num-classes", type=int, help="Classifier outputs (default: from the weights).")
 @click.option("--input-size", help="CxHxW, e.g. 3x224x224 (default: the arch's).")
 @click.option("--precision", default="fp32", show_default=True, help="Comma-separated: fp32, fp16, int8.")
+@click.option(
+    "--target",
+    default="onnxruntime",
+    show_default=True,
+    help="Who consumes the models, comma-separated: onnxruntime, tensorrt (INT8 recipe per target; tensorrt adds engines).",
+)
+@click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration images drawn from --calib-data.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draw.")
+@click.option("--calib-method", default="entropy", show_default=True, help="INT8 activation ranges: max, entropy or percentile.")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--exclude-layers", help="Regex of node names / module paths kept in higher precision (e.g. '^conv1$|^fc$').")
+@click.option("--calib-cache", type=click.Path(path_type=Path), help="calib.json of an earlier run: reused when nothing changed.")
 @click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime execution providers: cpu, cuda, tensorrt.")
 @click.option("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime (default: all cores).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Batch size for validation.")
@@ -104,7 +116,6 @@ def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--warmup", type=int, default=10, show_default=True, help="Warm-up calls per batch size.")
 @click.option("--iterations", type=int, default=50, show_default=True, help="Timed calls per batch size.")
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
-@click.option("--target", default="onnxruntime", show_default=True, help="Comma-separated: onnxruntime, tensorrt.")
 @click.option("--require-engine", is_flag=True, help="Fail (exit 2) instead of skipping TensorRT engines without TensorRT/GPU.")
 @click.option("--workspace-mib", type=int, help="TensorRT: builder workspace limit in MiB (default: TensorRT's).")
 @click.option("--builder-optimization-level", type=int, help="TensorRT: 0..5 (default 3; higher builds longer).")
@@ -132,6 +143,8 @@ def build(progress, config_file: Path | None, junit: Path | None, summary: Path 
     _print_summary(report.as_dict())
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for failure in report.failures:
         click.echo(f"FAILED {failure}", err=True)
     if report.gates is not None:
@@ -167,10 +180,6 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
     for key in ("threads", "batch_size", "num_classes"):
         if options.get(key) is not None and options[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {options[key]}")
-    precisions = parse_enum_list(Precision, options["precision"], "--precision")
-    unsupported = [p for p in precisions if p is not Precision.FP32]
-    if unsupported:
-        raise UserError(f"--precision {','.join(map(str, unsupported))} is not available yet; use --precision fp32")
     return BuildConfig(
         arch=options["arch"],
         weights=Path(options["weights"]),
@@ -179,12 +188,12 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         calib_data=Path(options["calib_data"]) if options.get("calib_data") else None,
         num_classes=options.get("num_classes"),
         input_size=parse_input_size(options["input_size"]) if options.get("input_size") else None,
-        precisions=precisions,
+        precisions=parse_enum_list(Precision, options["precision"], "--precision"),
+        targets=parse_enum_list(Target, options["target"], "--target"),
         providers=parse_providers(options["providers"]),
         threads=options.get("threads"),
         batch_size=options["batch_size"],
         opset=options.get("opset"),
-        targets=parse_enum_list(Target, options["target"], "--target"),
         tensorrt=TensorRTOptions(
             workspace_mib=options.get("workspace_mib"),
             builder_optimization_level=options.get("builder_optimization_level"),
@@ -201,6 +210,7 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
             warmup=options["warmup"],
             iterations=options["iterations"],
         ),
+        calibration=_calibration_options(options),
         force=options["force"],
         gates=_load_gates(options.get("gates"), options["overrides"], options.get("baseline")),
         baseline=Path(options["baseline"]) if options.get("baseline") else None,
@@ -304,6 +314,19 @@ def report(progress, report_path: Path, html_out: Path | None, markdown_out: Pat
     return 0
 
 
+def _calibration_options(options: dict[str, Any]):
+    from .calibration.methods import CalibrationOptions, parse_method
+
+    return CalibrationOptions(
+        size=options["calib_size"],
+        seed=options["seed"],
+        method=parse_method(options["calib_method"]),
+        percentile=float(options["percentile"]),
+        exclude_layers=options.get("exclude_layers") or None,
+        cache=Path(options["calib_cache"]) if options.get("calib_cache") else None,
+    )
+
+
 # ------------------------------------------------------------------------------------ single stages
 
 
@@ -379,6 +402,84 @@ def export(progress, folded: Path, out: Path, data: Path | None, opset: int | No
     onnx_artifact = export_onnx(module, info, images, out, opset, artifact.fold)
     parity = onnx_artifact.details["parity"]
     click.echo(f"exported opset {onnx_artifact.opset}; ONNX Runtime max abs diff {parity['max_abs_diff']:.3g} -> {out}")
+    return 0
+
+
+@cli.command(
+    epilog="\b\nExamples:\n"
+    "  resnet-deploy quantize --onnx out/model.fp32.onnx --calib-data calib/ --out model.int8.onnx\n"
+    "  resnet-deploy quantize --onnx out/model.fp32.onnx --calib-data calib/ --target tensorrt --out model.int8-trt.onnx\n"
+    "  resnet-deploy quantize --onnx out/model.fp32.onnx --calib-data calib/ --precision fp16 --out model.fp16.onnx"
+)
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path), help="FP32 ONNX from `export` or `build`.")
+@click.option("--calib-data", required=True, type=click.Path(path_type=Path), help="Calibration images or .npz.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="ONNX file to write (+ .json sidecar).")
+@click.option("--precision", default="int8", show_default=True, help="int8 or fp16.")
+@click.option("--target", default="onnxruntime", show_default=True, help="INT8 recipe: onnxruntime or tensorrt.")
+@click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration images drawn from --calib-data.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draw.")
+@click.option("--calib-method", default="entropy", show_default=True, help="max, entropy or percentile.")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--exclude-layers", help="Regex of node names / module paths kept in higher precision.")
+@click.option(
+    "--calib-cache",
+    type=click.Path(path_type=Path),
+    help="Statistics cache: reused when it matches, written when not (default: calib.json beside --out).",
+)
+@click.option("--val-data", type=click.Path(path_type=Path), help="Validation data: only to warn if it overlaps --calib-data.")
+@click.option("--threads", type=int, help="CPU threads for the calibration pass.")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@_common
+def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: Path | None, **options: Any) -> int:
+    """FP32 ONNX + calibration images -> INT8 Q/DQ ONNX (per target) or FP16 ONNX, with calib.json."""
+    from .artifacts import OnnxArtifact
+    from .calibration.calibrate import CALIB_NAME, CalibrationSet, calibrate
+    from .calibration.graph import excluded_nodes, load_onnx
+    from .config import Precision, Target, parse_enum_list
+    from .data import Preprocess, first_images, open_dataset
+
+    precisions = parse_enum_list(Precision, options["precision"], "--precision")
+    targets = parse_enum_list(Target, options["target"], "--target")
+    if len(precisions) > 1 or len(targets) > 1:
+        raise UserError("quantize writes one model: give one --precision and one --target (build makes several)")
+    precision, target = precisions[0], targets[0]
+    if precision is Precision.FP32:
+        raise UserError("--precision fp32: the input already is FP32; choose int8 or fp16")
+    _refuse_existing(out, options["force"])
+    fp32 = OnnxArtifact.read(onnx_path)
+    if fp32.precision != "fp32":
+        raise UserError(f"--onnx {onnx_path} is a {fp32.precision} model; give the FP32 ONNX written by export or build")
+    calibration_options = _calibration_options({**options, "calib_cache": options["calib_cache"] or out.parent / CALIB_NAME})
+    excluded_nodes(load_onnx(fp32.path), calibration_options.exclude_layers)  # fail before calibrating
+    preprocess = Preprocess.from_dict(fp32.preprocess)
+    calibration_set = CalibrationSet.draw(
+        open_dataset(calib_data, preprocess, option="--calib-data"), calibration_options.size, calibration_options.seed
+    )
+    if val_data is not None:
+        shared = calibration_set.overlap(open_dataset(val_data, preprocess, option="--val-data"))
+        if shared:
+            click.echo(f"warning: {shared} calibration images are also in --val-data {val_data}", err=True)
+    calibration = calibrate(fp32, calibration_set, calibration_options, options["threads"], progress)
+    if not calibration.reused:
+        calibration.write(calibration_options.cache)
+    if precision is Precision.FP16:
+        from .calibration.fp16 import convert_fp16
+
+        artifact = convert_fp16(fp32, calibration, out, calibration_options.exclude_layers)
+        info = artifact.details["fp16"]
+        click.echo(f"fp16: {info['fp16_nodes']} nodes in FP16, {len(info['fp32_nodes'])} kept in FP32 -> {out}")
+    else:
+        from .calibration.quantize import quantize_int8
+
+        example = first_images(calibration_set.dataset, 1)
+        (artifact,) = quantize_int8(fp32, calibration, target, out, example, calibration_options.exclude_layers)
+        info = artifact.details["quantization"]
+        click.echo(
+            f"int8 ({target}): {info['quantized_nodes']} quantized nodes, {len(info['excluded_nodes'])} excluded, "
+            f"{calibration.method} ranges from {calibration.samples} images -> {out}"
+        )
+    reuse = "reused from" if calibration.reused else "written to"
+    click.echo(f"calibration statistics {reuse} {calibration_options.cache}")
     return 0
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .calibration.methods import CalibrationOptions
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -179,9 +180,18 @@ class BuildConfig:
     benchmark: BenchmarkOptions = field(default_factory=BenchmarkOptions)
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
     require_engine: bool = False  # no TensorRT/GPU for --target tensorrt is an error (exit 2), not a skip
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     force: bool = False
     gates: Gates | None = None  # thresholds applied to the report; failures make the build exit 1
     baseline: Path | None = None  # an earlier report.json for max_latency_regression_pct
+
+    def __post_init__(self) -> None:
+        reduced = [p for p in self.precisions if p is not Precision.FP32]
+        if reduced and self.calib_data is None:
+            names = ",".join(p.value for p in reduced)
+            raise UserError(
+                f"--precision {names} needs --calib-data: INT8 ranges and FP16's overflow check come from calibration images"
+            )
 
 
 # Keys of a build TOML file and the type each must have.
@@ -209,10 +219,16 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "opt_batch_size": int,
     "gates": str,
     "baseline": str,
+    "calib_size": int,
+    "seed": int,
+    "calib_method": str,
+    "percentile": (int, float),
+    "exclude_layers": str,
+    "calib_cache": str,
 }
 
 # Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
-PATH_KEYS = frozenset({"weights", "val_data", "calib_data", "out", "gates", "baseline", "timing_cache"})
+PATH_KEYS = frozenset({"weights", "val_data", "calib_data", "out", "gates", "baseline", "timing_cache", "calib_cache"})
 
 
 def load_toml_options(path: Path) -> dict[str, Any]:

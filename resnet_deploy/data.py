@@ -100,6 +100,10 @@ class Dataset(Protocol):
     @property
     def skipped(self) -> dict[str, str]: ...  # id -> reason, for files found unreadable so far
 
+    def sample_keys(self) -> list[tuple]: ...  # identity of each sample on disk (same file -> same key)
+
+    def content_digest(self) -> str: ...  # sha256 of what the samples are (names and bytes)
+
 
 def open_dataset(path: Path, preprocess: Preprocess, *, option: str = "--val-data") -> Dataset:
     """An image folder (class subfolders or flat) or a `.npz` file with `images` and optional `labels`."""
@@ -223,6 +227,36 @@ class ImageFolderDataset:
     @property
     def skipped(self) -> dict[str, str]:
         return dict(self._skipped)
+
+    def sample_keys(self) -> list[tuple]:
+        """(device, inode) of each file: a symlink or hard link to the same image has the same key."""
+        keys = []
+        for path in self.files:
+            try:
+                st = os.stat(path)
+                keys.append((st.st_dev, st.st_ino))
+            except OSError:
+                keys.append((str(path),))
+        return keys
+
+    def content_digest(self) -> str:
+        """sha256 over each file's path (relative to the folder) and the sha256 of its bytes, in order."""
+        import hashlib
+
+        from .artifacts import sha256_file
+
+        digest = hashlib.sha256()
+        for path in self.files:
+            try:
+                relative = path.relative_to(self.source).as_posix()
+            except ValueError:
+                relative = str(path)
+            try:
+                content = sha256_file(path)
+            except OSError as exc:
+                content = f"unreadable ({exc.strerror})"
+            digest.update(f"{relative}\0{content}\n".encode())
+        return digest.hexdigest()
 
     def select(self, indices: Sequence[int]) -> "ImageFolderDataset":
         files = [self.files[i] for i in indices]
@@ -351,6 +385,20 @@ class NpzDataset:
     @property
     def skipped(self) -> dict[str, str]:
         return {}
+
+    def sample_keys(self) -> list[tuple]:
+        """(device, inode, row) of each sample."""
+        st = os.stat(self.source)
+        return [(st.st_dev, st.st_ino, row) for row in self.rows]
+
+    def content_digest(self) -> str:
+        """sha256 over the .npz file's sha256 and the selected rows."""
+        import hashlib
+
+        from .artifacts import sha256_file
+
+        rows = ",".join(map(str, self.rows))
+        return hashlib.sha256(f"{sha256_file(self.source)}\0{rows}".encode()).hexdigest()
 
     def select(self, indices: Sequence[int]) -> "NpzDataset":
         return NpzDataset(self.source, self._images, self._all_labels, [self.rows[i] for i in indices])

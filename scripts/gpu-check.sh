@@ -6,7 +6,7 @@
 # Environment (all optional):
 #   PYTHON=python3            interpreter for the venv (`make install`)
 #   OUT=gpu-check             working folder (data, builds, reports)
-#   PRECISIONS=fp32           precisions to build (fp32,fp16,int8 once the FP16/INT8 stages are in)
+#   PRECISIONS=fp32,fp16,int8 precisions to build
 #   RESNET50_WEIGHTS=...      a ResNet-50 state_dict; default: seeded random weights (agreement only)
 #   RESNET50_VAL=...          validation images for ResNet-50; default: the digits validation folder
 #   ORT_GPU=1                 also build and time ONNX Runtime on its CUDA execution provider (installs
@@ -15,7 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-gpu-check}
-PRECISIONS=${PRECISIONS:-fp32}
+PRECISIONS=${PRECISIONS:-fp32,fp16,int8}
 ORT_GPU=${ORT_GPU:-1}
 BIN=.venv/bin
 mkdir -p "$OUT"

@@ -49,6 +49,22 @@ def fp32_onnx(loaded, val_images, tmp_path_factory):
     return export_onnx(folded, loaded.info, val_images[:32], tmp_path_factory.mktemp("onnx") / "model.fp32.onnx")
 
 
+@pytest.fixture(scope="session")
+def calib_dataset(workload, loaded):
+    from resnet_deploy.data import open_dataset
+
+    return open_dataset(workload.calib, loaded.preprocess, option="--calib-data")
+
+
+@pytest.fixture(scope="session")
+def calibration(fp32_onnx, calib_dataset):
+    """One statistics pass over the digits calibration split (all of it: 270 < 512), read as entropy."""
+    from resnet_deploy.calibration.calibrate import CalibrationSet, calibrate
+    from resnet_deploy.calibration.methods import CalibrationOptions
+
+    return calibrate(fp32_onnx, CalibrationSet.draw(calib_dataset, 512, 0), CalibrationOptions())
+
+
 def build_args(workload, out: Path, *extra: str) -> list[str]:
     return [
         "build",

@@ -29,7 +29,7 @@ from resnet_deploy.engines.trt import (
 )
 from resnet_deploy.errors import MissingDependency, UserError
 from resnet_deploy.pipeline.benchmark import Latency
-from resnet_deploy.pipeline.build import plan_engines
+from resnet_deploy.pipeline.plan import plan_engines
 from resnet_deploy.pipeline.report import engine_name, to_markdown
 
 from .conftest import build_args

@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import OnnxArtifact, staged_output_dir
-from ..config import BuildConfig, Target
+from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet, calibrate
+from ..calibration.fp16 import convert_fp16
+from ..calibration.graph import excluded_nodes, load_onnx
+from ..calibration.quantize import quantize_int8
+from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, SkipSummary, first_images, open_dataset
-from ..engines.base import Runner
-from ..engines.ort import OrtRunner, ort_backend_label
 from ..engines.pytorch import PyTorchRunner
-from ..engines.trt import BatchProfile, TensorRTRunner, build_engine, engine_file_name, missing_message, missing_requirements
-from ..errors import MissingDependency, UserError
 from ..models import load_model
 from ..progress import Progress
 from .benchmark import benchmark_all
 from .export import export_onnx
 from .fold import fold_and_verify, save_folded
-from .report import EngineResult, Report, engine_name, environment, read_report
+from .plan import build_engines, check_engine_options, plan_engines
+from .report import Report, environment, read_report
 from .validate import validate_all
 
 CHECK_IMAGES = 32  # real images used by the fold and export checks
 
 FOLDED_NAME = "model.folded.safetensors"
 FP32_NAME = "model.fp32.onnx"
+FP16_NAME = "model.fp16.onnx"
+INT8_TRT_FP16_NAME = "model.int8-tensorrt.fp16.onnx"  # INT8 + FP16 elsewhere: for TensorRT only
 
 
 class StageTimer:
@@ -43,90 +45,6 @@ class StageTimer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
-@dataclass(frozen=True)
-class EngineSpec:
-    """One engine to validate and time: a model file and the backend that runs it."""
-
-    artifact: OnnxArtifact
-    backend: str  # "onnxruntime" (or "onnxruntime-cuda", ... naming the execution provider) or "tensorrt"
-    final_path: Path  # the file the engine runs, in --out: the ONNX for ONNX Runtime, the .engine for TensorRT
-
-    @property
-    def name(self) -> str:
-        return engine_name(self.backend, self.artifact.precision, self.artifact.target)
-
-    @property
-    def is_tensorrt(self) -> bool:
-        return self.backend == "tensorrt"
-
-    def result(self) -> EngineResult:
-        a = self.artifact
-        return EngineResult(self.name, self.backend, a.precision, a.target, str(self.final_path), details=a.details)
-
-    def runner(self, config: BuildConfig, folder: Path) -> Runner:
-        """The runner of this engine, whose file is in `folder` (the staging folder during a build)."""
-        if self.is_tensorrt:
-            return TensorRTRunner(folder / self.final_path.name, name=self.name, cuda_graph=config.tensorrt.cuda_graph)
-        return OrtRunner(
-            self.artifact.path,
-            name=self.name,
-            precision=self.artifact.precision,
-            target=self.artifact.target,
-            providers=config.providers,
-            threads=config.threads,
-        )
-
-
-def plan_engines(models: Sequence[OnnxArtifact], config: BuildConfig) -> list[EngineSpec]:
-    """Which backend runs which ONNX model.
-
-    ONNX Runtime runs every model, so each ONNX file is validated, on the CPU too. For `--target tensorrt`,
-    TensorRT builds an engine from each model made for it: those without a target (FP32, FP16) and the
-    tensorrt-target INT8; a model quantized for another target is not TensorRT's.
-    """
-    out = config.out.absolute()
-    ort = ort_backend_label(config.providers)
-    specs = []
-    for model in models:
-        specs.append(EngineSpec(model, ort, out / model.path.name))
-        if Target.TENSORRT in config.targets and model.target in (None, Target.TENSORRT.value):
-            specs.append(EngineSpec(model, "tensorrt", out / engine_file_name(model.precision)))
-    return specs
-
-
-def build_engines(
-    specs: list[EngineSpec], config: BuildConfig, folder: Path, profile: BatchProfile, progress: Progress
-) -> tuple[list[EngineResult], list[Runner | None], list[str]]:
-    """Build the TensorRT engines of `specs` in `folder`; (results, runners, notes) in the order of `specs`.
-
-    Without TensorRT or a GPU the TensorRT engines are not built: their result says why (`error`), they
-    have no runner, and one note says so (`--require-engine` has already refused this case).
-    """
-    results, runners, skipped = [], [], []
-    missing = missing_requirements() if any(spec.is_tensorrt for spec in specs) else []
-    for spec in specs:
-        result = spec.result()
-        if spec.is_tensorrt and missing:
-            result.path, result.error = None, f"not built: {missing_message(missing)}"
-            skipped.append(spec.name)
-            results.append(result)
-            runners.append(None)
-            continue
-        if spec.is_tensorrt:
-            progress.log(f"building TensorRT engine {spec.final_path.name} (batch profile {profile.as_dict()})")
-            engine = build_engine(spec.artifact, folder / spec.final_path.name, config.tensorrt, profile)
-            result.details = {**result.details, "engine": engine.metadata()}
-        results.append(result)
-        runners.append(spec.runner(config, folder))
-    notes = []
-    if skipped:
-        notes.append(
-            f"{', '.join(skipped)} not built: {missing_message(missing)}; the ONNX files were validated on ONNX Runtime "
-            "(--require-engine makes this an error)"
-        )
-    return results, runners, notes
-
-
 def _data_summary(dataset: Dataset) -> dict[str, object]:
     skipped = SkipSummary.of(dataset)
     return {
@@ -138,28 +56,71 @@ def _data_summary(dataset: Dataset) -> dict[str, object]:
     }
 
 
-def _check_engine_options(config: BuildConfig) -> BatchProfile:
-    """Fail before writing anything: --require-engine without TensorRT/GPU, a bad profile."""
-    wants_tensorrt = Target.TENSORRT in config.targets
-    if config.require_engine and not wants_tensorrt:
-        raise UserError("--require-engine applies to TensorRT engines; add --target tensorrt")
-    if wants_tensorrt and config.require_engine:
-        missing = missing_requirements()
-        if missing:
-            raise MissingDependency(f"--require-engine: {missing_message(missing)}")
-    return BatchProfile.from_batch_sizes(config.benchmark.batch_sizes, config.tensorrt.opt_batch_size)
+def _warnings(val: Dataset, calibration_set: CalibrationSet | None) -> list[str]:
+    if calibration_set is None:
+        return []
+    shared = calibration_set.overlap(val)
+    if not shared:
+        return []
+    return [
+        f"{shared} of the {len(calibration_set.dataset)} calibration images are also validation images "
+        f"({calibration_set.dataset.source} and {val.source}): INT8/FP16 accuracy is measured on data the ranges "
+        "were fitted to; give separate --calib-data and --val-data"
+    ]
+
+
+def _reduced_precision(
+    config: BuildConfig, fp32: OnnxArtifact, calibration_set: CalibrationSet, stage: Path, timer: StageTimer, progress: Progress
+) -> tuple[list[OnnxArtifact], list[OnnxArtifact], Calibration]:
+    """Calibrate once, then the FP16 model and one INT8 model per target, all from the same statistics.
+
+    Returns the models to validate, the models made for TensorRT only, and the calibration.
+    """
+    options = config.calibration
+    excluded_nodes(load_onnx(fp32.path), options.exclude_layers)  # a pattern matching nothing fails before calibrating
+    with timer("calibrate"):
+        calibration = calibrate(fp32, calibration_set, options, config.threads, progress)
+        calibration.write(stage / CALIB_NAME)
+    made: list[OnnxArtifact] = []
+    if Precision.FP16 in config.precisions:
+        with timer("fp16"):
+            made.append(convert_fp16(fp32, calibration, stage / FP16_NAME, options.exclude_layers))
+        progress.log(f"FP16: {made[-1].details['fp16']['fp16_nodes']} nodes in FP16 -> {FP16_NAME}")
+    extra: list[OnnxArtifact] = []
+    if Precision.INT8 in config.precisions:
+        example = first_images(calibration_set.dataset, 1)
+        for target in config.targets:
+            name = int8_name(target)
+            # TensorRT wants FP16 between the quantized layers when FP16 is asked too; ONNX Runtime's CPU EP
+            # cannot run such a graph exactly, so it validates the FP32-elsewhere twin (same Q/DQ).
+            fp16_twin = stage / INT8_TRT_FP16_NAME if target is Target.TENSORRT and Precision.FP16 in config.precisions else None
+            with timer(f"quantize-{target}"):
+                validated, *twin = quantize_int8(
+                    fp32, calibration, target, stage / name, example, options.exclude_layers, fp16_twin
+                )
+            made.append(validated)
+            extra += twin
+            progress.log(f"INT8 ({target}): {validated.details['quantization']['quantized_nodes']} quantized nodes -> {name}")
+    return made, extra, calibration
+
+
+def int8_name(target: Target) -> str:
+    return f"model.int8-{target.value}.onnx"
 
 
 def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
     baseline = read_report(config.baseline, "baseline") if config.baseline is not None else None  # bad input: fail first
     timer = StageTimer()
-    profile = _check_engine_options(config)
+    profile = check_engine_options(config)
+    reduced = any(p is not Precision.FP32 for p in config.precisions)
     with timer("load"):
         model = load_model(config.arch, config.weights, config.num_classes, config.input_size)
         val = open_dataset(config.val_data, model.preprocess, option="--val-data")
         calib = open_dataset(config.calib_data, model.preprocess, option="--calib-data") if config.calib_data else None
         check_images = first_images(calib or val, CHECK_IMAGES)
+        calibration_set = CalibrationSet.draw(calib, config.calibration.size, config.calibration.seed) if reduced else None
     progress.log(f"loaded {model.arch} ({model.num_classes} classes, input {'x'.join(map(str, model.preprocess.input_size))})")
+    warnings = _warnings(val, calibration_set)
 
     with staged_output_dir(config.out, config.force) as stage:
         with timer("fold"):
@@ -170,9 +131,14 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             fp32 = export_onnx(folded, model.info, check_images, stage / FP32_NAME, config.opset, fold.as_dict())
         progress.log(f"exported ONNX opset {fp32.opset}, parity {fp32.details['parity']['max_abs_diff']:.2e}")
 
-        specs = plan_engines([fp32], config)
+        artifacts = [fp32] if Precision.FP32 in config.precisions else []
+        calibration, tensorrt_only = None, []
+        if calibration_set is not None:
+            made, tensorrt_only, calibration = _reduced_precision(config, fp32, calibration_set, stage, timer, progress)
+            artifacts += made
+        specs = plan_engines(artifacts, config, tensorrt_only)
         with timer("engines"):
-            results, maybe_runners, notes = build_engines(specs, config, stage, profile, progress)
+            results, maybe_runners, engine_notes = build_engines(specs, config, stage, profile, progress)
         runnable = [(result, runner) for result, runner in zip(results, maybe_runners) if runner is not None]
         runners = [runner for _, runner in runnable]
         reference_runner = PyTorchRunner(model.module, threads=config.threads)
@@ -208,7 +174,16 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             data={"val": _data_summary(val), **({"calib": _data_summary(calib)} if calib else {})},
             environment=environment(config.threads),
             stages=timer.seconds,
-            notes=notes,
+            warnings=warnings,
+            calibration=None if calibration is None else _calibration_summary(calibration, config.out.absolute() / CALIB_NAME),
+            notes=([] if calibration is None else list(calibration.notes))
+            + [
+                f"{a.path.name}: the INT8 model for TensorRT with FP16 between the quantized layers; not run here "
+                f"(ONNX Runtime's CPU EP does not execute FP16 Q/DQ graphs exactly); its Q/DQ and scales are those of "
+                f"{a.details['quantization']['same_qdq_as']}, validated above"
+                for a in tensorrt_only
+            ]
+            + engine_notes,
         )
         if config.gates is not None:
             from ..gates import evaluate
@@ -222,3 +197,13 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             )
         report.write(stage)
     return report
+
+
+def _calibration_summary(calibration: Calibration, path: Path) -> dict[str, object]:
+    return {
+        **calibration.summary(),
+        "data": calibration.data,
+        "tensors": len(calibration.ranges),
+        "seconds": round(calibration.seconds, 3),
+        "path": str(path),
+    }

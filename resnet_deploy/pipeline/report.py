@@ -46,6 +46,8 @@ class EngineResult:
     latency: list[Latency] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # why the engine could not be built or run (then it has no numbers)
+    # INT8: method, samples, quantized_nodes, excluded_nodes, tool, ...; FP16: AutoCast's details; FP32: None
+    quantization: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
@@ -60,6 +62,7 @@ class EngineResult:
             "path": self.path,
             "accuracy": None if self.accuracy is None else self.accuracy.as_dict(),
             "latency": [lat.as_dict() for lat in self.latency],
+            "quantization": self.quantization,
             "details": self.details,
             "error": self.error,
             "passed": not self.failed,
@@ -144,6 +147,8 @@ class Report:
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
     notes: list[str] = field(default_factory=list)
     gates: GateReport | None = None  # set when the build ran with --gates
+    warnings: list[str] = field(default_factory=list)  # things the user should look at (the CLI prints them)
+    calibration: dict[str, Any] | None = None  # method, samples, data, cache reuse, calib.json path
 
     @property
     def failures(self) -> list[str]:
@@ -164,8 +169,10 @@ class Report:
             "reference": self.reference,
             "engines": [e.as_dict() for e in self.engines],
             "data": self.data,
+            "calibration": self.calibration,
             "stages": self.stages,
             "notes": self.notes,
+            "warnings": self.warnings,
             "failures": self.failures,
             **self.environment,
             **({"gates": self.gates.as_dict()} if self.gates is not None else {}),
@@ -384,11 +391,14 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
         if any(row.get("gpu_p50_ms") is not None for e in report["engines"] for row in e.get("latency", [])):
             lines += ["", "GPU engines: end-to-end time with host copies (GPU compute time alone in brackets)."]
+    lines += _precision_section(report)
     if report.get("stages"):
         lines += ["", "## Stages (wall seconds)", ""]
         lines += [f"- {name}: {seconds:.1f}" for name, seconds in report["stages"].items()]
     for note in report.get("notes", []):
         lines.append(f"- note: {note}")
+    for warning in report.get("warnings", []):
+        lines.append(f"- **warning**: {warning}")
     if report.get("failures"):
         lines += ["", "## Failures", ""] + [f"- {f}" for f in report["failures"]]
     if report.get("gates"):
@@ -396,3 +406,35 @@ def to_markdown(report: dict[str, Any]) -> str:
 
         lines += ["", render.markdown(report["gates"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def _precision_section(report: dict[str, Any]) -> list[str]:
+    """How each reduced-precision model was made: tool, calibration, what was quantized or kept in FP32."""
+    rows = [e for e in report["engines"] if e.get("quantization")]
+    if not rows:
+        return []
+    lines = ["", "## Reduced precision", ""]
+    calibration = report.get("calibration") or {}
+    if calibration:
+        data = calibration.get("data") or {}
+        reused = " (statistics reused from the cache)" if calibration.get("reused_cache") else ""
+        lines += [
+            f"Calibration: {calibration.get('samples')} images of {data.get('source', '?')}, method "
+            f"{calibration.get('method')}{reused}; ranges in `calib.json`.",
+            "",
+        ]
+    lines += [
+        "| engine | tool | method | samples | nodes in INT8 / FP16 | kept in higher precision |",
+        "|---|---|---|---|---|---|",
+    ]
+    for engine in rows:
+        q = engine["quantization"]
+        kept = q.get("excluded_nodes", []) if engine["precision"] == "int8" else q.get("fp32_nodes", [])
+        method = q.get("method") or "max |x| only"  # FP16 reads the maxima, no range method
+        if q.get("percentile") is not None:
+            method = f"{method} {q['percentile']:g}"
+        lines.append(
+            f"| {engine['name']} | {q.get('tool', '')} | {method} | {q.get('samples', '')} | "
+            f"{q.get('quantized_nodes', q.get('fp16_nodes', ''))} | {', '.join(kept) if kept else 'none'} |"
+        )
+    return lines

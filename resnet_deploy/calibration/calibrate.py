@@ -1,0 +1,182 @@
+"""The calibration stage: draw the calibration set, measure it once (or reuse a cache), write calib.json.
+
+`calib.json` is both the record of the ranges used (tensor -> min, max, amax, scale, method, sample
+count, sha256 of the FP32 ONNX and of the calibration files) and a cache: it carries the statistics
+themselves, so a later run with the same ONNX and the same files skips the pass, for any method.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import OnnxArtifact, sha256_file, write_json_atomic
+from ..data import Dataset
+from ..progress import Progress
+from .methods import CalibrationMethod, CalibrationOptions, TensorRange, tensor_amax
+from .statistics import ActivationStatistics, collect_statistics, settings
+
+SCHEMA = "resnet-deploy/calib/v1"
+KIND = "calibration"
+CALIB_NAME = "calib.json"
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The images drawn for calibration: `size` of them, chosen by `seed`, in file order."""
+
+    dataset: Dataset
+    requested: int
+    available: int
+    seed: int
+
+    @classmethod
+    def draw(cls, dataset: Dataset, size: int, seed: int) -> "CalibrationSet":
+        available = len(dataset)
+        if size >= available:
+            indices = list(range(available))
+        else:
+            rng = np.random.default_rng(seed)
+            indices = sorted(int(i) for i in rng.choice(available, size=size, replace=False))
+        return cls(dataset.select(indices), size, available, seed)
+
+    @cached_property
+    def digest(self) -> str:
+        return self.dataset.content_digest()
+
+    def overlap(self, other: Dataset) -> int:
+        """How many calibration samples are also in `other` (same file, or same .npz row)."""
+        return len(set(self.dataset.sample_keys()) & set(other.sample_keys()))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": str(self.dataset.source),
+            "sha256": self.digest,
+            "requested": self.requested,
+            "available": self.available,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Statistics of one calibration set on one FP32 ONNX, read through one method."""
+
+    statistics: ActivationStatistics
+    method: CalibrationMethod
+    percentile: float
+    onnx_sha256: str
+    data: dict[str, Any]  # CalibrationSet.describe()
+    reused: bool = False  # statistics came from --calib-cache: no pass over the images
+    seconds: float = 0.0  # wall time of the statistics pass
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def samples(self) -> int:
+        return self.statistics.samples
+
+    def with_method(self, method: CalibrationMethod, percentile: float) -> "Calibration":
+        return replace(self, method=method, percentile=percentile)
+
+    @cached_property
+    def ranges(self) -> dict[str, TensorRange]:
+        """Range of every activation tensor: measured ones by the method, the others from their source."""
+        measured = {
+            name: TensorRange(
+                s.minimum,
+                s.maximum,
+                tensor_amax(s.minimum, s.maximum, s.counts, s.width, self.method, self.percentile),
+            )
+            for name, s in self.statistics.tensors.items()
+        }
+        derived = {name: measured[root] for name, root in self.statistics.derived.items() if root in measured}
+        return {**measured, **derived}
+
+    def summary(self) -> dict[str, Any]:
+        """What a report row and a model's sidecar say about the calibration."""
+        return {
+            "method": self.method.value,
+            "percentile": self.percentile if self.method is CalibrationMethod.PERCENTILE else None,
+            "samples": self.samples,
+            "onnx_sha256": self.onnx_sha256,
+            "data_sha256": self.data.get("sha256"),
+            "reused_cache": self.reused,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": KIND,
+            "schema": SCHEMA,
+            **self.summary(),
+            "data": self.data,
+            "statistics": {
+                **self.statistics.settings,
+                "seconds": round(self.seconds, 3),
+                "encoding": "npz+base64",
+                "npz": base64.b64encode(self.statistics.to_npz_bytes()).decode("ascii"),
+            },
+            "tensors": {
+                name: {**rng.as_dict(), **({"from": self.statistics.derived[name]} if name in self.statistics.derived else {})}
+                for name, rng in self.ranges.items()
+            },
+        }
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(path, self.as_json())
+
+
+def read_cache(path: Path, onnx_sha256: str, data_sha256: str) -> tuple[ActivationStatistics | None, str]:
+    """The statistics stored in a calib.json if it was made from the same ONNX and files; else (None, why)."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "it does not exist yet"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"it is not readable JSON ({exc})"
+    if not isinstance(meta, dict) or meta.get("kind") != KIND or meta.get("schema") != SCHEMA:
+        return None, "it is not a resnet-deploy calib.json"
+    if meta.get("onnx_sha256") != onnx_sha256:
+        return None, "the FP32 ONNX changed"
+    if meta.get("data_sha256") != data_sha256:
+        return None, "the calibration images changed"
+    stored = meta.get("statistics") or {}
+    if {k: stored.get(k) for k in settings()} != settings():
+        return None, "it was made with other statistics settings"
+    try:
+        stats = ActivationStatistics.from_npz_bytes(base64.b64decode(stored["npz"], validate=True), settings())
+    except (KeyError, ValueError, OSError) as exc:
+        return None, f"its statistics cannot be read ({type(exc).__name__})"
+    return stats, ""
+
+
+def calibrate(
+    fp32: OnnxArtifact,
+    calibration_set: CalibrationSet,
+    options: CalibrationOptions,
+    threads: int | None = None,
+    progress: Progress = Progress(),
+) -> Calibration:
+    """Statistics of `calibration_set` on `fp32`: from `options.cache` when it matches, else one pass."""
+    onnx_sha256 = sha256_file(fp32.path)
+    data = calibration_set.describe()
+    notes: list[str] = []
+    if options.cache is not None:
+        stats, why = read_cache(options.cache, onnx_sha256, data["sha256"])
+        if stats is not None:
+            progress.log(f"calibration: reusing the statistics in {options.cache} ({stats.samples} images)")
+            return Calibration(stats, options.method, options.percentile, onnx_sha256, data, reused=True)
+        notes.append(f"--calib-cache {options.cache} not used: {why}; calibrated again")
+        progress.log(notes[-1])
+    started = time.perf_counter()
+    stats = collect_statistics(fp32.path, fp32.input_name, calibration_set.dataset, threads, progress)
+    seconds = time.perf_counter() - started
+    data = {**data, "skipped": len(calibration_set.dataset.skipped)}  # unreadable files among those drawn
+    progress.log(f"calibration: {stats.samples} images, {len(stats.tensors)} tensors measured in {seconds:.1f} s")
+    return Calibration(stats, options.method, options.percentile, onnx_sha256, data, False, seconds, tuple(notes))

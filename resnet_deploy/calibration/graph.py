@@ -1,0 +1,130 @@
+"""Reading ONNX graphs for the precision stages: node selection by regex, Q/DQ structure, counts."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import OnnxArtifact, sha256_file
+from ..errors import CheckFailed, UserError
+
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # written by torch.onnx.export(dynamo=True) on each node
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def module_path(node) -> str | None:
+    """The PyTorch module a node came from (e.g. 'layer1.0.conv1'), from the exporter's node metadata."""
+    for prop in node.metadata_props:
+        if prop.key == NAME_SCOPES_KEY:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            if isinstance(scopes, list) and len(scopes) >= 2:
+                return str(scopes[-2])  # the last entry names the aten op, the one before it the module
+    return None
+
+
+def load_onnx(path: Path):
+    """The graph of an ONNX file without its weights' external data (for reading structure)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
+def excluded_nodes(model, pattern: str | None) -> list[str]:
+    """Names of the nodes whose name or PyTorch module path matches `pattern` (re.search).
+
+    A pattern that matches no node is a mistake the user should hear about, with names to choose from.
+    """
+    if not pattern:
+        return []
+    regex = re.compile(pattern)
+    nodes = [n for n in model.graph.node if n.op_type not in QDQ_OPS]
+    matched = [n.name for n in nodes if regex.search(n.name) or ((path := module_path(n)) and regex.search(path))]
+    if not matched:
+        examples = [f"{n.name} ({module_path(n)})" if module_path(n) else n.name for n in nodes if n.op_type in ("Conv", "Gemm")]
+        raise UserError(
+            f"--exclude-layers {pattern!r} matches no node; it is searched in node names and module paths, "
+            f"e.g. {', '.join(examples[:3])}"
+        )
+    return matched
+
+
+def producers(model) -> dict[str, object]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def quantized_nodes(model) -> list[str]:
+    """Compute nodes (not Q/DQ) that read at least one dequantized tensor: the nodes running in INT8."""
+    made_by = producers(model)
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type not in QDQ_OPS
+        and any((p := made_by.get(i)) is not None and p.op_type == "DequantizeLinear" for i in node.input)
+    ]
+
+
+def count_ops(model, ops: Iterable[str]) -> int:
+    wanted = set(ops)
+    return sum(1 for node in model.graph.node if node.op_type in wanted)
+
+
+def residual_adds(model) -> list[tuple[object, list[list[str]]]]:
+    """Each Add whose two inputs are both activations, with the op chain behind each input.
+
+    The chain walks back through Q/DQ nodes to the first compute node: ['DequantizeLinear',
+    'QuantizeLinear', 'Relu'] is a shortcut quantized after a Relu; ['Conv'] a bare conv output.
+    """
+    made_by = producers(model)
+    initializers = {i.name for i in model.graph.initializer}
+    adds = []
+    for node in model.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or any(i in initializers for i in node.input):
+            continue
+        chains = []
+        for name in node.input:
+            chain, producer = [], made_by.get(name)
+            while producer is not None:
+                chain.append(producer.op_type)
+                if producer.op_type not in QDQ_OPS:
+                    break
+                producer = made_by.get(producer.input[0])
+            chains.append(chain or ["<graph input>"])
+        adds.append((node, chains))
+    return adds
+
+
+def checked_onnx(path: Path, what: str):
+    """Load an ONNX a stage just wrote and run onnx.checker on it: a failure is the stage's own fault."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise CheckFailed(f"{what} fails onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+    return onnx.load(str(path), load_external_data=False)
+
+
+def derived_artifact(
+    fp32: OnnxArtifact, model, path: Path, precision: str, target: str | None, details: dict[str, Any]
+) -> OnnxArtifact:
+    """The artifact of a model made from `fp32`: same arch, preprocessing and I/O; source = the FP32 ONNX."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), fp32.opset)
+    return OnnxArtifact(
+        path=Path(path),
+        arch=fp32.arch,
+        num_classes=fp32.num_classes,
+        preprocess=fp32.preprocess,
+        precision=precision,
+        target=target,
+        input_name=fp32.input_name,
+        output_name=fp32.output_name,
+        opset=opset,
+        source_sha256=sha256_file(fp32.path),
+        details=details,
+    )

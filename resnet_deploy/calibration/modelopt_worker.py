@@ -1,0 +1,51 @@
+"""Runs ModelOpt's ONNX INT8 quantizer in its own Python process (see quantize._quantize_tensorrt).
+
+    python -m resnet_deploy.calibration.modelopt_worker '{"onnx_path": ..., "output_path": ...}'
+
+Writes the Q/DQ model with FP32 elsewhere at output_path and, when fp16_output_path is given, the same
+model with FP16 elsewhere: the step `quantize(high_precision_dtype="fp16")` runs at its end
+(`convert_to_f16` with I/O types kept). Exit 0, or 1 with one line on stderr saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .quantize import captured_output
+
+
+def main(argv: list[str]) -> int:
+    import numpy as np
+
+    job = json.loads(argv[0])
+    with captured_output() as log:
+        try:
+            import modelopt.onnx.quantization as moq
+            import onnx
+            from modelopt.onnx.autocast import convert_to_f16
+
+            moq.quantize(
+                onnx_path=job["onnx_path"],
+                quantize_mode="int8",
+                calibration_method="max",  # one image; every activation scale is then replaced from the cache
+                calibration_data={job["input_name"]: np.load(job["example"], allow_pickle=False)},
+                calibration_cache_path=job["cache"],
+                calibration_eps=["cpu"],
+                high_precision_dtype="fp32",
+                nodes_to_exclude=list(job["nodes_to_exclude"]),
+                output_path=job["output_path"],
+                log_level="ERROR",
+            )
+            if job.get("fp16_output_path"):
+                model = onnx.load(job["output_path"])
+                onnx.save(convert_to_f16(model, keep_io_types=True, low_precision_type="fp16"), job["fp16_output_path"])
+        except Exception as exc:  # noqa: BLE001 - report any failure as one line to the parent
+            detail = str(exc).splitlines()[0][:300] if str(exc) else (log.getvalue().strip().splitlines() or [""])[-1]
+            print(f"{type(exc).__name__}: {detail}", file=sys.__stderr__)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
