@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,78 @@ def parse_hardware_compat(text: str) -> HardwareCompat:
 
 
 @dataclass(frozen=True)
+class AccuracyTarget:
+    """What an INT8 model must keep (`--max-top1-drop`, `--min-top1-agreement`), and how far the mixed-precision
+    search may go to get there (`--max-excluded` nodes left in higher precision). Both limits may be given."""
+
+    max_top1_drop_points: float | None = None  # top-1 on labels: FP32 minus INT8, in points
+    min_top1_agreement: float | None = None  # fraction (0..1] of samples whose top-1 equals the FP32 model's
+    max_excluded: int = 8
+
+    def __post_init__(self) -> None:
+        if self.max_top1_drop_points is None and self.min_top1_agreement is None:
+            raise UserError("an accuracy target needs --max-top1-drop or --min-top1-agreement")
+        drop = self.max_top1_drop_points
+        if drop is not None and not (math.isfinite(drop) and 0 <= drop <= 100):
+            raise UserError(f"--max-top1-drop is in points of top-1 (0..100), got {drop}")
+        agreement = self.min_top1_agreement
+        if agreement is not None and not (math.isfinite(agreement) and 0 < agreement <= 1):
+            raise UserError(f"--min-top1-agreement is a fraction in (0, 1] (e.g. 0.99), got {agreement}")
+        if self.max_excluded < 0:
+            raise UserError(f"--max-excluded must be >= 0, got {self.max_excluded}")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.max_top1_drop_points is not None
+
+    def met(self, accuracy: Any) -> bool:
+        """Whether an `Accuracy` (validate.py) meets every limit given."""
+        return self.shortfall(accuracy) == 0.0
+
+    def shortfall(self, accuracy: Any) -> float:
+        """Points of top-1 missing to the target (0 when met): the best-effort model is the one missing least."""
+        missing = 0.0
+        if self.min_top1_agreement is not None:
+            missing += max(0.0, (self.min_top1_agreement - accuracy.top1_agreement) * 100.0)
+        if self.max_top1_drop_points is not None:
+            drop = accuracy.top1_drop_points
+            missing += float("inf") if drop is None else max(0.0, drop - self.max_top1_drop_points)
+        return 0.0 if missing < 1e-9 else missing
+
+    def describe(self) -> str:
+        parts = []
+        if self.min_top1_agreement is not None:
+            parts.append(f"top-1 agreement >= {self.min_top1_agreement * 100:.2f}%")
+        if self.max_top1_drop_points is not None:
+            parts.append(f"top-1 drop <= {self.max_top1_drop_points:.2f} points")
+        return " and ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_top1_drop_points": self.max_top1_drop_points,
+            "min_top1_agreement": self.min_top1_agreement,
+            "max_excluded": self.max_excluded,
+            "description": self.describe(),
+        }
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """The images that measure layer sensitivity and choose the excluded nodes (never those that report).
+
+    `data` (--select-data) names them; without it, `size` images are held out of --calib-data (at most
+    half of it) and calibration draws from the rest. `size` (--select-size) caps --select-data too.
+    """
+
+    data: Path | None = None
+    size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise UserError(f"--select-size must be >= 1, got {self.size}")
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     """Everything `resnet-deploy build` needs. Paths are resolved by the caller."""
 
@@ -184,8 +257,15 @@ class BuildConfig:
     force: bool = False
     gates: Gates | None = None  # thresholds applied to the report; failures make the build exit 1
     baseline: Path | None = None  # an earlier report.json for max_latency_regression_pct
+    accuracy_target: AccuracyTarget | None = None  # INT8 mixed-precision search (--max-top1-drop, ...)
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
 
     def __post_init__(self) -> None:
+        if self.accuracy_target is not None and Precision.INT8 not in self.precisions:
+            raise UserError(
+                "--max-top1-drop / --min-top1-agreement choose which nodes INT8 keeps in higher precision; "
+                "add int8 to --precision"
+            )
         reduced = [p for p in self.precisions if p is not Precision.FP32]
         if reduced and self.calib_data is None:
             names = ",".join(p.value for p in reduced)
@@ -225,10 +305,17 @@ _TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "percentile": (int, float),
     "exclude_layers": str,
     "calib_cache": str,
+    "max_top1_drop": (int, float),
+    "min_top1_agreement": (int, float),
+    "max_excluded": int,
+    "select_data": str,
+    "select_size": int,
 }
 
 # Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
-PATH_KEYS = frozenset({"weights", "val_data", "calib_data", "out", "gates", "baseline", "timing_cache", "calib_cache"})
+PATH_KEYS = frozenset(
+    {"weights", "val_data", "calib_data", "out", "gates", "baseline", "timing_cache", "calib_cache", "select_data"}
+)
 
 
 def load_toml_options(path: Path) -> dict[str, Any]:

@@ -197,6 +197,33 @@ def _draw_scatter(points: list[tuple[str, float, float]], ylabel: str, batch: in
     return draw, (6.4, 3.6)
 
 
+SENSITIVITY_BARS = 40  # the most sensitive nodes shown in the bar chart
+
+
+def _draw_sensitivity(rows: list[dict[str, Any]], excluded: set[str]):
+    """Horizontal bars, most sensitive at the top: the SQNR each node adds and, when measured (layers.json),
+    the top-1 agreement quantizing it costs. Nodes left in higher precision are drawn in red."""
+    rows = rows[:SENSITIVITY_BARS]
+    with_drop = any(r.get("top1_agreement_drop_points") is not None for r in rows)
+
+    def draw(fig) -> None:
+        axes = fig.subplots(1, 2 if with_drop else 1, squeeze=False, sharey=True)[0]
+        labels = [f"{r['node']} ({r['module']})" if r.get("module") else r["node"] for r in rows]
+        colors = [COLORS[1] if r["node"] in excluded else COLORS[0] for r in rows]
+        positions = list(range(len(rows)))
+        axes[0].barh(positions, [r.get("sqnr_db") or 0.0 for r in rows], color=colors)
+        axes[0].set_xlabel("SQNR the node adds (dB), lower is worse")
+        axes[0].set_yticks(positions, labels, fontsize=7)
+        axes[0].invert_yaxis()
+        if with_drop:
+            axes[1].barh(positions, [r.get("top1_agreement_drop_points") or 0.0 for r in rows], color=colors)
+            axes[1].set_xlabel("top-1 agreement quantizing it costs (points)")
+        if excluded:
+            axes[0].set_title("red: left in higher precision", fontsize=8, loc="left")
+
+    return draw, (9.0 if with_drop else 7.0, max(2.4, 0.2 * len(rows) + 1.0))
+
+
 def plot_figures(report: dict[str, Any]) -> Iterator[str]:
     """Every plot of the report as <figure> HTML."""
     plots = _Plots()
@@ -326,6 +353,76 @@ def _gates_section(gates: dict[str, Any] | None) -> str:
     return f"<h2>Gates</h2><p>{status}{baseline}</p>{warnings}" + _table(["", "engine", "gate", "result"], rows, text_columns=4)
 
 
+def _mixed_precision_section(report: dict[str, Any]) -> str:
+    rows = [e for e in report["engines"] if (e.get("quantization") or {}).get("mixed_precision") and not e.get("error")]
+    if not rows:
+        return ""
+    parts = ["<h2>Mixed precision (accuracy target)</h2>"]
+    plots = _Plots()
+    for engine in rows:
+        search = engine["quantization"]["mixed_precision"]
+        selection, on_val = search["selection"], search.get("on_val")
+        status = (
+            '<span class="pass">target met</span>' if search["met"] else '<span class="fail">target missed: best effort</span>'
+        )
+        facts = [
+            ["target", _esc(f"{search['target']['description']}, at most {search['target']['max_excluded']} nodes in "
+                            f"higher precision ({search['high_precision']})")],
+            ["chosen on", _esc(f"{selection['samples']} images, {selection['origin']} ({selection['source']}), disjoint "
+                               "from --val-data")],
+            ["in higher precision", _esc(", ".join(search["excluded"]) or "none")],
+        ]  # fmt: skip
+        if on_val:
+            verdict = '<span class="pass">met</span>' if on_val["met"] else '<span class="fail">missed</span>'
+            facts.append(["on --val-data", f"{_pct(on_val['top1_agreement'])} top-1 agreement: {verdict}"])
+        facts += [
+            [
+                _esc(f"latency cost, batch {c['batch_size']}"),
+                _esc(f"{c['before_p50_ms']:.3f} -> {c['after_p50_ms']:.3f} ms p50 on {c['engine']} ({c['cost_ms']:+.3f} ms)"),
+            ]
+            for c in search.get("latency_cost") or []
+        ]
+        steps = [
+            [str(i), _esc(s["phase"]), str(len(s["excluded"])), _pct(s["top1_agreement"]),
+             _num(s.get("top1_drop_points"), "+.2f"), '<span class="pass">met</span>' if s["met"] else "missed"]
+            for i, s in enumerate(search["steps"], 1)
+        ]  # fmt: skip
+        parts.append(f"<h3>{_esc(engine['name'])}: {status}</h3>" + _table(["", ""], facts, text_columns=2))
+        parts.append(
+            _table(["step", "phase", "nodes in higher precision", "top-1 agreement", "top-1 drop (pts)", "target"], steps, 2)
+        )
+        if search.get("sensitivity"):
+            draw, size = _draw_sensitivity(search["sensitivity"], set(search["excluded"]))
+            caption = f"{engine['name']}: the most sensitive quantized nodes (SQNR each adds on the selection images)"
+            parts.append(plots.render("layer-sensitivity", caption, draw, size, engine=engine["name"]))
+    return "".join(parts)
+
+
+def render_layers_html(layers: dict[str, Any]) -> str:
+    """The page `resnet-deploy layers` writes beside layers.json: the table and the bar chart."""
+    rows = layers["nodes"]
+    draw, size = _draw_sensitivity(rows, set())
+    figure = _Plots().render("layer-sensitivity", "per-node sensitivity, most sensitive first", draw, size)
+    header = ["node", "module", "op", "SQNR (dB)", "agreement cost (pts)", "agreement with it unquantized"]
+    cells = [
+        [_esc(r["node"]), _esc(r.get("module") or ""), _esc(r["op_type"]), _num(r.get("sqnr_db"), ".2f"),
+         _num(r.get("top1_agreement_drop_points"), "+.2f"), _pct(r.get("top1_agreement_unquantized"))]
+        for r in rows
+    ]  # fmt: skip
+    full = layers["fully_quantized"]
+    body = (
+        f"<h1>Per-layer INT8 sensitivity: {_esc(layers['model']['arch'])} ({_esc(layers['target'])} target)</h1>"
+        f"<p>Fully quantized: {_pct(full['top1_agreement'])} top-1 agreement with the FP32 model on "
+        f"{_esc(layers['selection']['samples'])} images ({_esc(layers['selection']['origin'])}).</p>"
+        + figure
+        + _table(header, cells, text_columns=3)
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+        f"<title>resnet-deploy layers</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+    )
+
+
 def _environment_section(report: dict[str, Any]) -> str:
     host, versions = report.get("host", {}), report.get("versions", {})
     rows = [[_esc(k), _esc(v)] for k, v in host.items()] + [[_esc(k), _esc(v)] for k, v in versions.items() if v]
@@ -356,6 +453,7 @@ def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None) -> 
             _accuracy_section(report),
             _latency_section(report),
             _plots_section(report),
+            _mixed_precision_section(report),
             _environment_section(report),
             _notes_section(report),
         ]

@@ -69,6 +69,28 @@ class EngineResult:
         }
 
 
+def target_failure(name: str, path: str | None, quantization: dict[str, Any] | None) -> str | None:
+    """Why an engine of a mixed-precision INT8 model fails its accuracy target (None when it does not)."""
+    search = (quantization or {}).get("mixed_precision")
+    if not search:
+        return None
+    target = search["target"]
+    if not search["met"]:
+        model = Path(path).name if path else "the model"
+        return (
+            f"{name}: {target['description']} not met on the selection images with up to {target['max_excluded']} "
+            f"node(s) in higher precision; {model} is the best effort found ({len(search['excluded'])} node(s) kept)"
+        )
+    on_val = search.get("on_val")
+    if on_val and not on_val["met"]:
+        drop = "" if on_val.get("top1_drop_points") is None else f", top-1 drop {on_val['top1_drop_points']:+.2f} points"
+        return (
+            f"{name}: {target['description']} met on the selection images but missed on --val-data "
+            f"(top-1 agreement {on_val['top1_agreement'] * 100:.2f}%{drop})"
+        )
+    return None
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -152,7 +174,9 @@ class Report:
 
     @property
     def failures(self) -> list[str]:
-        return [f"{e.name}: {e.accuracy.nonfinite_outputs} outputs are NaN/Inf" for e in self.engines if e.failed]
+        nonfinite = [f"{e.name}: {e.accuracy.nonfinite_outputs} outputs are NaN/Inf" for e in self.engines if e.failed]
+        missed = [target_failure(e.name, e.path, e.quantization) for e in self.engines if e.error is None]
+        return nonfinite + [m for m in missed if m]
 
     @property
     def return_code(self) -> int:
@@ -392,6 +416,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         if any(row.get("gpu_p50_ms") is not None for e in report["engines"] for row in e.get("latency", [])):
             lines += ["", "GPU engines: end-to-end time with host copies (GPU compute time alone in brackets)."]
     lines += _precision_section(report)
+    lines += _mixed_precision_section(report)
     if report.get("stages"):
         lines += ["", "## Stages (wall seconds)", ""]
         lines += [f"- {name}: {seconds:.1f}" for name, seconds in report["stages"].items()]
@@ -437,4 +462,51 @@ def _precision_section(report: dict[str, Any]) -> list[str]:
             f"| {engine['name']} | {q.get('tool', '')} | {method} | {q.get('samples', '')} | "
             f"{q.get('quantized_nodes', q.get('fp16_nodes', ''))} | {', '.join(kept) if kept else 'none'} |"
         )
+    return lines
+
+
+def _step_cells(step: dict[str, Any]) -> str:
+    drop = step.get("top1_drop_points")
+    return f"{_pct(step['top1_agreement'])} | {_num(drop, '+.2f')} | {'met' if step['met'] else 'missed'}"
+
+
+def _mixed_precision_section(report: dict[str, Any]) -> list[str]:
+    """Per engine of a searched INT8 model: target, data, steps, the nodes kept, the latency they cost."""
+    rows = [e for e in report["engines"] if (e.get("quantization") or {}).get("mixed_precision") and not e.get("error")]
+    if not rows:
+        return []
+    lines = ["", "## Mixed precision (accuracy target)"]
+    for engine in rows:
+        search = engine["quantization"]["mixed_precision"]
+        selection, on_val = search["selection"], search.get("on_val")
+        modules = {r["node"]: r.get("module") for r in search.get("sensitivity", [])}
+        kept = [f"{n} ({modules[n]})" if modules.get(n) else n for n in search["excluded"]]
+        status = "target met" if search["met"] else "**TARGET MISSED: best effort**"
+        lines += [
+            "",
+            f"### {engine['name']}: {status}",
+            "",
+            f"- target: {search['target']['description']}, at most {search['target']['max_excluded']} nodes in higher "
+            f"precision ({search['high_precision']})",
+            f"- chosen on {selection['samples']} images ({selection['origin']}: {selection['source']}), disjoint from --val-data",
+            f"- nodes in higher precision: {', '.join(kept) if kept else 'none'}",
+        ]
+        if on_val:
+            lines.append(
+                f"- on --val-data: top-1 agreement {_pct(on_val['top1_agreement'])}"
+                + ("" if on_val.get("top1_drop_points") is None else f", top-1 drop {on_val['top1_drop_points']:+.2f} points")
+                + f": {'met' if on_val['met'] else '**missed**'}"
+            )
+        for cost in search.get("latency_cost") or []:
+            lines.append(
+                f"- latency cost on {cost['engine']}, batch {cost['batch_size']}: {cost['before_p50_ms']:.3f} -> "
+                f"{cost['after_p50_ms']:.3f} ms p50 ({cost['cost_ms']:+.3f} ms, {_num(cost.get('cost_pct'), '+.1f')}%)"
+            )
+        lines += [
+            "",
+            "| step | phase | nodes in higher precision | top-1 agreement | top-1 drop (pts) | target |",
+            "|---|---|---|---|---|---|",
+        ]
+        for i, step in enumerate(search["steps"], 1):
+            lines.append(f"| {i} | {step['phase']} | {len(step['excluded'])} | {_step_cells(step)} |")
     return lines
