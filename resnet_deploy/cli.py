@@ -6,6 +6,7 @@ import functools
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,12 @@ def build(progress, config_file: Path | None, **options: Any) -> int:
 
 def _build_config(ctx: click.Context, config_file: Path | None, options: dict[str, Any]):
     from .config import (
+        LIMITS,
+        PATH_KEYS,
         BenchmarkOptions,
         BuildConfig,
         Precision,
+        check_range,
         load_toml_options,
         parse_enum_list,
         parse_input_size,
@@ -110,14 +114,16 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
     if config_file is not None:
         from_file = load_toml_options(config_file)
         for key, value in from_file.items():
-            if key in options and ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
-                options[key] = Path(value) if key in {"weights", "val_data", "calib_data", "out"} else value
+            if key not in options:
+                raise UserError(f"config file {config_file}: key {key!r} has no `build` option yet; remove it")
+            if ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
+                options[key] = Path(value) if key in PATH_KEYS else value
     missing = [f"--{k.replace('_', '-')}" for k in ("arch", "weights", "val_data", "out") if not options.get(k)]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (give them as options or in --config)")
-    for key in ("threads", "batch_size", "num_classes"):
-        if options.get(key) is not None and options[key] < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {options[key]}")
+    for key in LIMITS:
+        if options.get(key) is not None:
+            check_range(key, options[key], f"--{key.replace('_', '-')}")
     precisions = parse_enum_list(Precision, options["precision"], "--precision")
     unsupported = [p for p in precisions if p is not Precision.FP32]
     if unsupported:
@@ -263,11 +269,17 @@ def validate(
     from .artifacts import write_json_atomic
     from .config import parse_input_size
     from .data import open_dataset
+    from .engines.ort import onnx_input_shape
     from .engines.pytorch import PyTorchRunner
     from .models import load_model
     from .pipeline.validate import validate_all
 
     model = load_model(arch, weights, num_classes, parse_input_size(input_size) if input_size else None)
+    for path in onnx_paths:
+        shape, size = onnx_input_shape(path), tuple(model.preprocess.input_size)
+        if shape != size:
+            want = "x".join(map(str, shape))
+            raise UserError(f"--onnx {path} takes {want} images, not {'x'.join(map(str, size))}; pass --input-size {want}")
     dataset = open_dataset(val_data, model.preprocess)
     runners = _onnx_runners(onnx_paths, providers, threads)
     accuracies = validate_all(
@@ -391,6 +403,9 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    # PIL warns about images between 1x and 2x its pixel limit; data.load_image refuses them anyway and
+    # the report counts them as skipped with the reason, so the warning would only be noise on stderr.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", category=RuntimeWarning)
     cli(prog_name="resnet-deploy")
 
 

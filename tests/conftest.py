@@ -49,6 +49,17 @@ def fp32_onnx(loaded, val_images, tmp_path_factory):
     return export_onnx(folded, loaded.info, val_images[:32], tmp_path_factory.mktemp("onnx") / "model.fp32.onnx")
 
 
+# What `resnet-deploy build` writes into OUT (FP32 only), sorted.
+BUILD_FILES = [
+    "model.folded.safetensors",
+    "model.folded.safetensors.json",
+    "model.fp32.onnx",
+    "model.fp32.onnx.json",
+    "report.json",
+    "report.md",
+]
+
+
 def build_args(workload, out: Path, *extra: str) -> list[str]:
     return [
         "build",
