@@ -150,15 +150,7 @@ class FoldedModelArtifact:
 
     @classmethod
     def read(cls, path: Path) -> "FoldedModelArtifact":
-        meta = read_sidecar(path, cls.KIND)
-        return cls(
-            path=Path(path),
-            arch=meta["arch"],
-            num_classes=int(meta["num_classes"]),
-            preprocess=meta["preprocess"],
-            weights_sha256=meta["weights_sha256"],
-            fold=meta["fold"],
-        )
+        return _read_artifact(cls, path, lambda meta: {"weights_sha256": meta["weights_sha256"], "fold": dict(meta["fold"])})
 
 
 @dataclass(frozen=True)
@@ -196,20 +188,47 @@ class OnnxArtifact:
 
     @classmethod
     def read(cls, path: Path) -> "OnnxArtifact":
-        meta = read_sidecar(path, cls.KIND)
-        return cls(
+        return _read_artifact(
+            cls,
+            path,
+            lambda meta: {
+                "precision": meta["precision"],
+                "target": meta.get("target"),
+                "input_name": meta["input_name"],
+                "output_name": meta["output_name"],
+                "opset": int(meta["opset"]),
+                "source_sha256": meta["source_sha256"],
+                "details": dict(meta.get("details", {})),
+            },
+        )
+
+
+def _read_artifact(cls, path: Path, fields: Callable[[dict[str, Any]], dict[str, Any]]):
+    """An artifact from its checked sidecar: the model fields shared by all kinds, plus `fields(meta)`.
+
+    The sha256 only proves the file is the one described, not that the description is sane: a missing
+    or mistyped field is a UserError, and what a stage builds a model from (arch, classes, preprocessing)
+    is range-checked before anything is allocated from it.
+    """
+    from .config import check_range
+    from .data import Preprocess
+
+    meta = read_sidecar(path, cls.KIND)
+    try:
+        artifact = cls(
             path=Path(path),
             arch=meta["arch"],
             num_classes=int(meta["num_classes"]),
             preprocess=meta["preprocess"],
-            precision=meta["precision"],
-            target=meta.get("target"),
-            input_name=meta["input_name"],
-            output_name=meta["output_name"],
-            opset=int(meta["opset"]),
-            source_sha256=meta["source_sha256"],
-            details=meta.get("details", {}),
+            **fields(meta),
         )
+        if not isinstance(artifact.arch, str):
+            raise TypeError(f"arch {artifact.arch!r}")
+        Preprocess.from_dict(artifact.preprocess)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{sidecar_path(path)} has a missing or invalid field ({exc!r}); rerun the {cls.KIND} stage") from None
+    check_range("num_classes", artifact.num_classes, f"{sidecar_path(path)}: num_classes")
+    return artifact
 
 
 # --------------------------------------------------------------------------------------- user ONNX

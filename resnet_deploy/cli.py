@@ -403,9 +403,9 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
-    # PIL warns about images between 1x and 2x its pixel limit; data.load_image refuses them anyway and
-    # the report counts them as skipped with the reason, so the warning would only be noise on stderr.
-    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", category=RuntimeWarning)
+    # PIL warns about damaged files (corrupt EXIF, images between 1x and 2x its pixel limit, ...): a file
+    # the loader cannot use is skipped and counted with its reason in the report, so these are only noise.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
     cli(prog_name="resnet-deploy")
 
 

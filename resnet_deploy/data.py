@@ -56,6 +56,15 @@ class Preprocess:
     def __post_init__(self) -> None:
         if not 0.1 <= self.crop_pct <= 1.0:
             raise UserError(f"crop_pct must be within 0.1..1.0, got {self.crop_pct}")
+        c, h, w = self.input_size
+        if c != 3 or not (8 <= h <= 4096 and 8 <= w <= 4096):
+            raise UserError(f"input size must be 3 channels and 8..4096 pixels per side, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(0 < s < 1e3 for s in self.std):
+            raise UserError(f"mean and std must be 3 values each, std positive; got {self.mean}, {self.std}")
+        if self.interpolation not in ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"):
+            raise UserError(f"interpolation must be one of PIL's resampling filters, got {self.interpolation!r}")
+        if self.crop_mode not in ("center", "squash", "border"):
+            raise UserError(f"crop_mode must be center, squash or border, got {self.crop_mode!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
@@ -200,7 +209,8 @@ def _load_image(path: Path, max_pixels: int):
             arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
             return Image.fromarray(arr, mode="L").convert("RGB")
         if img.mode == "F":
-            arr = np.asarray(img, dtype=np.float64)
+            with np.errstate(invalid="ignore"):  # a signalling NaN raises the FP flag when widened
+                arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
             arr = np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
             return Image.fromarray(arr, mode="L").convert("RGB")
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -101,3 +101,11 @@ def console_script() -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([str(console_script()), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def one_error_line(result, message: str) -> str:
+    """A click result that refused with exit 2 and a single `error:` line containing `message`."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    return lines[0]

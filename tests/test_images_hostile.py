@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from PIL import Image
 from resnet_deploy.cli import cli
 from resnet_deploy.data import MAX_IMAGE_PIXELS, Preprocess, UnreadableImage, load_image, open_dataset
 
-from .conftest import build_args, run_cli
+from .conftest import build_args, one_error_line, run_cli
 
 
 def png_bomb(path: Path, width: int, height: int) -> Path:
@@ -159,14 +160,36 @@ def test_decompression_bomb_warning_is_turned_into_a_skip(tmp_path):
             load_image(tmp_path / "big.png")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 000 does not stop root from reading a file")
 def test_unreadable_file_is_skipped(tmp_path):
+    """Run as an unprivileged user: root reads a chmod 000 file anyway (setpriv drops to nobody)."""
+    command = [sys.executable, "-c", _COUNT_USABLE]
+    folder = tmp_path
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root, where chmod 000 does not stop reading, and setpriv is missing to drop privileges")
+        folder = Path(tempfile.mkdtemp(prefix="resnet-deploy-permissions-"))  # pytest's tmp_path is root's alone
+        folder.chmod(0o755)
+        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     for i in range(2):
-        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
-    (tmp_path / "0.png").chmod(0)
-    dataset = open_dataset(tmp_path, Preprocess(input_size=(3, 32, 32)))
-    assert sum(len(b.ids) for b in dataset.iter_batches(8)) == 1
-    assert "Permission denied" in dataset.skipped[str(tmp_path / "0.png")]
+        Image.new("RGB", (8, 8)).save(folder / f"{i}.png")
+    (folder / "0.png").chmod(0)
+    try:
+        proc = subprocess.run([*command, str(folder)], capture_output=True, text=True, timeout=120)
+    finally:
+        if folder != tmp_path:
+            shutil.rmtree(folder)
+    assert proc.returncode == 0, proc.stderr
+    usable, skipped = proc.stdout.split(" ", 1)
+    assert usable == "1" and "Permission denied" in json.loads(skipped)[str(folder / "0.png")]
+
+
+_COUNT_USABLE = """
+import json, sys
+from resnet_deploy.data import Preprocess, open_dataset
+dataset = open_dataset(sys.argv[1], Preprocess(input_size=(3, 32, 32)))
+print(sum(len(batch.ids) for batch in dataset.iter_batches(8)), json.dumps(dataset.skipped))
+"""
 
 
 def test_folder_with_nothing_usable_is_an_error_through_the_cli(tmp_path, workload):
@@ -176,10 +199,8 @@ def test_folder_with_nothing_usable_is_an_error_through_the_cli(tmp_path, worklo
     (val / "0" / "b.jpg").write_text("text")
     os.mkfifo(val / "0" / "c.png")
     result = CliRunner().invoke(cli, build_args(workload, tmp_path / "out", "--val-data", str(val), "--calib-data", str(val)))
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1, result.output
-    assert "no usable image" in lines[0] and "all 3 files failed to decode" in lines[0]
-    assert not (tmp_path / "out").exists()
+    one_error_line(result, "all 3 files failed to decode")
+    assert "no usable image" in result.output and not (tmp_path / "out").exists()
 
 
 def test_hostile_validation_folder_through_the_console_script(tmp_path, workload):

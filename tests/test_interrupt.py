@@ -89,8 +89,9 @@ def _leftovers(out: Path) -> list[str]:
 def test_interrupted_builds_leave_nothing_and_the_same_command_completes(workload, tmp_path):
     out = tmp_path / "out"
     args = build_args(workload, out, "--batch-sizes", "1", "--iterations", "5", "--warmup", "1")
-    for stage, sig in (("fold", signal.SIGINT), ("export", signal.SIGTERM)):
-        proc = _interrupt(args, out, stage, sig)
+    verbose = [a for a in args if a != "--quiet"]  # rich's console on stderr must not swallow the signal either
+    for stage, sig, command in (("fold", signal.SIGINT, args), ("export", signal.SIGTERM, verbose)):
+        proc = _interrupt(command, out, stage, sig)
         assert proc.returncode == 130, (stage, proc.stderr)
         assert "interrupted: no output was left half written" in proc.stderr and "Traceback" not in proc.stderr
         assert not out.exists() and _leftovers(out) == [], (stage, _leftovers(out))

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import struct
 
 import numpy as np
@@ -26,16 +27,7 @@ from resnet_deploy.errors import UserError
 from resnet_deploy.examples import digits
 from resnet_deploy.models import read_state_dict
 
-from .conftest import build_args, run_cli
-
-
-def one_error_line(result, message: str) -> str:
-    """The CLI refused with exit 2 and a single `error:` line containing `message`."""
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
-    return lines[0]
-
+from .conftest import build_args, one_error_line, run_cli
 
 # ------------------------------------------------------------------------------ code in checkpoints
 
@@ -299,6 +291,45 @@ def test_validate_refuses_an_onnx_of_another_input_size(fp32_onnx, workload):
     args = ["validate", "--arch", "resnet18", "--weights", str(workload.weights), "--onnx", str(fp32_onnx.path),
             "--val-data", str(workload.val), "--quiet"]  # fmt: skip
     one_error_line(CliRunner().invoke(cli, args), "takes 3x32x32 images, not 3x224x224; pass --input-size 3x32x32")
+
+
+# ---------------------------------------------------------------------- stage files (sidecars)
+
+
+@pytest.fixture(scope="module")
+def folded_digits(workload, tmp_path_factory):
+    """The digits model folded by `resnet-deploy fold` (the file and its sidecar)."""
+    folded = tmp_path_factory.mktemp("folded") / "m.folded.safetensors"
+    result = CliRunner().invoke(cli, ["fold", "--arch", "resnet18", "--weights", str(workload.weights),
+                                      "--input-size", "3x32x32", "--out", str(folded), "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return folded
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"num_classes": 10**9}, "num_classes must be between 1 and 1000000"),  # would allocate 2 TB
+        ({"num_classes": "ten"}, "missing or invalid field"),
+        ({"arch": None}, "missing or invalid field"),
+        ({"preprocess": {"input_size": [3, 32, 32]}}, "missing or invalid field (KeyError('interpolation'))"),
+        ({"preprocess": None}, "missing or invalid field"),
+        ({"fold": 3}, "missing or invalid field"),
+    ],
+)
+def test_forged_stage_sidecar_is_refused_before_use(tmp_path, folded_digits, edit, message):
+    """A sidecar's sha256 only says the file is the one described, not that the description is sane."""
+    from resnet_deploy.artifacts import FoldedModelArtifact, sidecar_path
+
+    folded = tmp_path / folded_digits.name
+    shutil.copy(folded_digits, folded)
+    meta = json.loads(sidecar_path(folded_digits).read_text())
+    sidecar_path(folded).write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(UserError, match=re.escape(message)):
+        FoldedModelArtifact.read(folded)
+    result = CliRunner().invoke(cli, ["export", "--folded", str(folded), "--out", str(tmp_path / "m.onnx"), "--quiet"])
+    one_error_line(result, message)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 # ------------------------------------------------------------------------------ config files
