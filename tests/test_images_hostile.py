@@ -101,6 +101,7 @@ def hostile_folder(root: Path) -> tuple[dict[str, str], set[str]]:
     return {str(a / name): reason for name, reason in bad.items()}, good
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # in-process: PIL warns, then we refuse
 def test_every_bad_file_is_skipped_with_its_reason(tmp_path):
     bad, good = hostile_folder(tmp_path / "val")
     dataset = open_dataset(tmp_path / "val", Preprocess())  # 224x224: resize to 256 first
