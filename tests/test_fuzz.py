@@ -1,4 +1,4 @@
-"""Fuzzing (hypothesis) the readers of untrusted files: the image loader and the config parser.
+"""Fuzzing (hypothesis) the readers of untrusted files: the image loader, the config and the gates parsers.
 
 The regular suite runs a few seconds of each. A long run:
 
@@ -23,6 +23,7 @@ from PIL import Image
 from resnet_deploy.config import _TOML_KEYS, load_toml_options
 from resnet_deploy.data import MAX_IMAGE_PIXELS, UnreadableImage, load_image
 from resnet_deploy.errors import UserError
+from resnet_deploy.gates.spec import SPEC_BY_KEY, SPECS, parse_gates, parse_override, table_label
 
 LONG = int(os.environ.get("RESNET_DEPLOY_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
@@ -213,3 +214,87 @@ def test_fuzz_config_text(workdir, text):
 def test_config_check_examples(workdir, text):
     """The property above on fixed inputs (duplicate key, a table, a valid value)."""
     _check_config(workdir, text)
+
+
+# ---------------------------------------------------------------------------------- gates parser
+
+_gate_keys = st.one_of(st.sampled_from([spec.key for spec in SPECS]), st.text(min_size=1, max_size=12))
+_patterns = st.one_of(
+    st.sampled_from(["onnxruntime-int8", "*-fp16", "*", "tensorrt-*", "[a-z]*", "", " ", "*-int8-tensorrt"]),
+    st.text(max_size=20),
+)
+_batch_tables = st.dictionaries(
+    st.one_of(st.integers(min_value=-5, max_value=10**7).map(str), st.text(max_size=4)), _scalars, max_size=3
+)
+_gate_values = st.one_of(_scalars, _batch_tables, st.lists(_scalars, max_size=2))
+
+
+def _inline(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return _toml_value(value)
+
+
+def _check_gates(text: str) -> None:
+    with no_hang():
+        try:
+            gates = parse_gates(text, source="gates file g.toml")
+        except UserError as exc:
+            message = str(exc)
+            assert message.startswith("gates file g.toml") and "\n" not in message, message
+            try:
+                document = tomllib.loads(text)
+            except tomllib.TOMLDecodeError:
+                assert "is not valid TOML" in message
+                return
+            # names the table at fault (or says there is none)
+            assert "defines no gates" in message or any(table_label(p) in message for p in document), message
+            return
+    assert gates.tables
+    for table in gates.tables:
+        assert table.pattern.strip() and table.thresholds
+        for threshold in table.thresholds:
+            spec = SPEC_BY_KEY[threshold.key]
+            assert isinstance(threshold.value, float) and spec.in_range(threshold.value), threshold
+            assert (threshold.batch_size is not None) == spec.per_batch, threshold
+            assert threshold.batch_size is None or threshold.batch_size >= 1
+
+
+@FUZZ
+@given(st.dictionaries(_patterns, st.dictionaries(_gate_keys, _gate_values, max_size=4), max_size=4))
+def test_fuzz_gates_documents(document):
+    text = "".join(
+        f"[{_key(pattern)}]\n" + "".join(f"{_key(k)} = {_inline(v)}\n" for k, v in body.items())
+        for pattern, body in document.items()
+    )
+    _check_gates(text)
+
+
+@FUZZ
+@given(st.text(st.characters(exclude_categories=("Cs",)), max_size=300))
+def test_fuzz_gates_text(text):
+    _check_gates(text)
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.text(st.characters(exclude_categories=("Cs",)), max_size=80),
+        st.builds(
+            lambda p, k, b, v: f"{p}.{k}{b}={v}",
+            _patterns,
+            _gate_keys,
+            st.sampled_from(["", ".1", ".8", ".0", ".x", ".99999999"]),
+            st.one_of(st.floats(allow_nan=True).map(repr), st.integers().map(str), st.text(max_size=8)),
+        ),
+    )
+)
+def test_fuzz_gate_overrides(text):
+    with no_hang():
+        try:
+            table = parse_override(text)
+        except UserError as exc:
+            assert str(exc).startswith("--set ") and "\n" not in str(exc), str(exc)
+            return
+    (threshold,) = table.thresholds
+    assert SPEC_BY_KEY[threshold.key].in_range(threshold.value)
