@@ -155,8 +155,17 @@ def read_sidecar(path: Path, kind: str) -> dict[str, Any]:
     return meta
 
 
+class _Described:
+    """A file described by a sidecar: every dataclass field but `path`, plus its `KIND`."""
+
+    KIND = "?"
+
+    def metadata(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}}
+
+
 @dataclass(frozen=True)
-class FoldedModelArtifact:
+class FoldedModelArtifact(_Described):
     """A BN-folded model: a safetensors state_dict plus what is needed to rebuild the module."""
 
     path: Path
@@ -167,16 +176,6 @@ class FoldedModelArtifact:
     fold: dict[str, Any]
 
     KIND = "folded-model"
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "kind": self.KIND,
-            "arch": self.arch,
-            "num_classes": self.num_classes,
-            "preprocess": self.preprocess,
-            "weights_sha256": self.weights_sha256,
-            "fold": self.fold,
-        }
 
     def info(self):
         from .data import Preprocess
@@ -190,7 +189,7 @@ class FoldedModelArtifact:
 
 
 @dataclass(frozen=True)
-class OnnxArtifact:
+class OnnxArtifact(_Described):
     """An ONNX model (FP32, FP16 or INT8 Q/DQ) with what produced it."""
 
     path: Path
@@ -206,21 +205,6 @@ class OnnxArtifact:
     details: dict[str, Any]
 
     KIND = "onnx-model"
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "kind": self.KIND,
-            "arch": self.arch,
-            "num_classes": self.num_classes,
-            "preprocess": self.preprocess,
-            "precision": self.precision,
-            "target": self.target,
-            "input_name": self.input_name,
-            "output_name": self.output_name,
-            "opset": self.opset,
-            "source_sha256": self.source_sha256,
-            "details": self.details,
-        }
 
     @classmethod
     def read(cls, path: Path) -> "OnnxArtifact":
@@ -355,7 +339,7 @@ def _external_data_problem(folder: Path, real_folder: str, location: str, offset
 
 
 @dataclass(frozen=True)
-class EngineArtifact:
+class EngineArtifact(_Described):
     """A serialized TensorRT engine; its sidecar is the manifest that says where and how it was built.
 
     The manifest is read before the engine is deserialized, so an engine built for another TensorRT
@@ -380,9 +364,6 @@ class EngineArtifact:
     built_at: str  # UTC, ISO 8601
 
     KIND = "tensorrt-engine"
-
-    def metadata(self) -> dict[str, Any]:
-        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}}
 
     @classmethod
     def read(cls, path: Path) -> "EngineArtifact":
