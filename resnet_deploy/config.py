@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .calibration.methods import CalibrationOptions
+from .calibration.methods import CalibrationOptions, check_percentile, check_regex, parse_method
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -69,26 +70,53 @@ def parse_enum_list(kind: type[enum.Enum], text: str, option: str) -> tuple:
     return tuple(values)
 
 
-def parse_int_list(text: str, option: str, minimum: int = 1) -> tuple[int, ...]:
+MAX_BATCH = 4096  # the largest batch an exported model accepts (its dynamic batch axis)
+
+# Ranges of the numeric settings, whether given as flags or as config keys.
+LIMITS: dict[str, tuple[int, int]] = {
+    "num_classes": (1, 1_000_000),
+    "threads": (1, 1024),
+    "batch_size": (1, MAX_BATCH),
+    "opset": (18, 1000),  # the dynamo exporter's minimum; the export stage checks the exporter's maximum
+    "warmup": (0, 1_000_000),
+    "iterations": (1, 1_000_000),
+    "workspace_mib": (1, 1 << 20),  # 1 TiB: anything larger is a typo
+    "builder_optimization_level": (0, 5),
+    "opt_batch_size": (1, MAX_BATCH),
+    "calib_size": (1, 10_000_000),
+    "seed": (0, 2**32 - 1),
+    "max_excluded": (0, 100_000),  # nodes a mixed-precision search may leave in higher precision
+    "select_size": (1, 10_000_000),
+}
+
+
+def check_range(name: str, value: int, option: str) -> int:
+    low, high = LIMITS[name]
+    if not low <= value <= high:
+        raise UserError(f"{option} must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_int_list(text: str, option: str, minimum: int = 1, maximum: int = MAX_BATCH) -> tuple[int, ...]:
     """'1,8' -> (1, 8), sorted and unique."""
     try:
         values = sorted({int(p) for p in text.split(",") if p.strip()})
     except ValueError:
         raise UserError(f"{option}: expected whole numbers separated by commas, got {text!r}") from None
-    if not values or values[0] < minimum:
-        raise UserError(f"{option}: expected numbers >= {minimum}, got {text!r}")
+    if not values or values[0] < minimum or values[-1] > maximum:
+        raise UserError(f"{option}: expected numbers between {minimum} and {maximum}, got {text!r}")
     return tuple(values)
 
 
-def parse_input_size(text: str) -> tuple[int, int, int]:
+def parse_input_size(text: str, option: str = "--input-size") -> tuple[int, int, int]:
     """'3x224x224' -> (3, 224, 224)."""
     parts = text.lower().replace("*", "x").split("x")
     try:
         c, h, w = (int(p) for p in parts)
     except ValueError:
-        raise UserError(f"--input-size: expected CxHxW such as 3x224x224, got {text!r}") from None
+        raise UserError(f"{option}: expected CxHxW such as 3x224x224, got {text!r}") from None
     if c != 3 or not (8 <= h <= 4096 and 8 <= w <= 4096):
-        raise UserError(f"--input-size: expected 3 channels and 8..4096 pixels per side, got {text!r}")
+        raise UserError(f"{option}: expected 3 channels and 8..4096 pixels per side, got {text!r}")
     return (c, h, w)
 
 
@@ -153,12 +181,24 @@ class TensorRTOptions:
         }
 
 
-def parse_hardware_compat(text: str) -> HardwareCompat:
+def parse_hardware_compat(text: str, option: str = "--hardware-compat") -> HardwareCompat:
     try:
         return HardwareCompat(text.strip().lower())
     except ValueError:
         valid = ", ".join(h.value for h in HardwareCompat)
-        raise UserError(f"--hardware-compat: unknown value {text!r}; valid values: {valid}") from None
+        raise UserError(f"{option}: unknown value {text!r}; valid values: {valid}") from None
+
+
+def check_top1_drop(value: float, option: str = "--max-top1-drop") -> float:
+    if not (math.isfinite(value) and 0 <= value <= 100):
+        raise UserError(f"{option} is in points of top-1 (0..100), got {value}")
+    return float(value)
+
+
+def check_top1_agreement(value: float, option: str = "--min-top1-agreement") -> float:
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise UserError(f"{option} is a fraction in (0, 1] (e.g. 0.99), got {value}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -173,14 +213,11 @@ class AccuracyTarget:
     def __post_init__(self) -> None:
         if self.max_top1_drop_points is None and self.min_top1_agreement is None:
             raise UserError("an accuracy target needs --max-top1-drop or --min-top1-agreement")
-        drop = self.max_top1_drop_points
-        if drop is not None and not (math.isfinite(drop) and 0 <= drop <= 100):
-            raise UserError(f"--max-top1-drop is in points of top-1 (0..100), got {drop}")
-        agreement = self.min_top1_agreement
-        if agreement is not None and not (math.isfinite(agreement) and 0 < agreement <= 1):
-            raise UserError(f"--min-top1-agreement is a fraction in (0, 1] (e.g. 0.99), got {agreement}")
-        if self.max_excluded < 0:
-            raise UserError(f"--max-excluded must be >= 0, got {self.max_excluded}")
+        if self.max_top1_drop_points is not None:
+            check_top1_drop(self.max_top1_drop_points)
+        if self.min_top1_agreement is not None:
+            check_top1_agreement(self.min_top1_agreement)
+        check_range("max_excluded", self.max_excluded, "--max-excluded")
 
     @property
     def needs_labels(self) -> bool:
@@ -229,8 +266,7 @@ class SelectionOptions:
     size: int = 256
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise UserError(f"--select-size must be >= 1, got {self.size}")
+        check_range("select_size", self.size, "--select-size")
 
 
 @dataclass(frozen=True)
@@ -274,42 +310,48 @@ class BuildConfig:
             )
 
 
-# Keys of a build TOML file and the type each must have.
-_TOML_KEYS: dict[str, type | tuple[type, ...]] = {
-    "arch": str,
-    "weights": str,
-    "val_data": str,
-    "calib_data": str,
-    "out": str,
-    "num_classes": int,
-    "input_size": str,
-    "precision": str,
-    "target": str,
-    "providers": str,
-    "threads": int,
-    "batch_size": int,
-    "opset": int,
-    "batch_sizes": str,
-    "warmup": int,
-    "iterations": int,
-    "workspace_mib": int,
-    "builder_optimization_level": int,
-    "timing_cache": str,
-    "hardware_compat": str,
-    "opt_batch_size": int,
-    "gates": str,
-    "baseline": str,
-    "calib_size": int,
-    "seed": int,
-    "calib_method": str,
-    "percentile": (int, float),
-    "exclude_layers": str,
-    "calib_cache": str,
-    "max_top1_drop": (int, float),
-    "min_top1_agreement": (int, float),
-    "max_excluded": int,
-    "select_data": str,
-    "select_size": int,
+def _check_providers(text: str, option: str) -> object:
+    from .engines.ort import parse_providers
+
+    return parse_providers(text, option)
+
+
+# Keys of a build TOML file, the type each must have, and (for strings) the parser that checks the value.
+_TOML_KEYS: dict[str, tuple[type, Any]] = {
+    "arch": (str, None),
+    "weights": (str, None),
+    "val_data": (str, None),
+    "calib_data": (str, None),
+    "out": (str, None),
+    "num_classes": (int, None),
+    "input_size": (str, parse_input_size),
+    "precision": (str, lambda text, option: parse_enum_list(Precision, text, option)),
+    "target": (str, lambda text, option: parse_enum_list(Target, text, option)),
+    "providers": (str, _check_providers),
+    "threads": (int, None),
+    "batch_size": (int, None),
+    "opset": (int, None),
+    "batch_sizes": (str, parse_int_list),
+    "warmup": (int, None),
+    "iterations": (int, None),
+    "workspace_mib": (int, None),
+    "builder_optimization_level": (int, None),
+    "timing_cache": (str, None),
+    "hardware_compat": (str, lambda text, option: parse_hardware_compat(text, option)),
+    "opt_batch_size": (int, None),
+    "gates": (str, None),
+    "baseline": (str, None),
+    "calib_size": (int, None),
+    "seed": (int, None),
+    "calib_method": (str, lambda text, option: parse_method(text, option)),
+    "percentile": ((int, float), check_percentile),
+    "exclude_layers": (str, check_regex),
+    "calib_cache": (str, None),
+    "max_top1_drop": ((int, float), lambda value, option: check_top1_drop(value, option)),
+    "min_top1_agreement": ((int, float), lambda value, option: check_top1_agreement(value, option)),
+    "max_excluded": (int, None),
+    "select_data": (str, None),
+    "select_size": (int, None),
 }
 
 # Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
@@ -319,26 +361,37 @@ PATH_KEYS = frozenset(
 
 
 def load_toml_options(path: Path) -> dict[str, Any]:
-    """Read a build TOML file into CLI option values; unknown keys and wrong types raise UserError.
+    """Read a build TOML file into CLI option values; unknown keys, wrong types and bad values raise UserError.
 
-    Relative paths in the file are taken relative to the file's folder.
+    Every message names the file and the key. Relative paths in the file are taken relative to its folder.
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist; check the --config path") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder; give a .toml file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid TOML ({exc}); fix the file") from None
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from None
     options: dict[str, Any] = {}
     for key, value in data.items():
-        expected = _TOML_KEYS.get(key)
-        if expected is None:
+        if key not in _TOML_KEYS:
             valid = ", ".join(sorted(_TOML_KEYS))
             raise UserError(f"config file {path}: unknown key {key!r}; valid keys: {valid}")
+        expected, parse = _TOML_KEYS[key]
+        label = f"config file {path}: key {key!r}"
         if isinstance(value, bool) or not isinstance(value, expected):
-            name = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
-            raise UserError(f"config file {path}: key {key!r} must be a {name}, got {type(value).__name__}")
+            kind = {int: "a whole number", str: "a string"}.get(expected, "a number")
+            raise UserError(f"{label} must be {kind}, got {type(value).__name__} {value!r}"[:300])
+        if key in LIMITS:
+            check_range(key, value, label)
+        elif parse is not None:
+            parse(value, label)
+        elif not value.strip() or "\0" in value:
+            raise UserError(f"{label} must not be empty")
         if key in PATH_KEYS:
-            value = str((Path(path).parent / value).resolve())
+            value = os.path.abspath(Path(path).parent / value)
         options[key] = value
     return options

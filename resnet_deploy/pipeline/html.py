@@ -57,14 +57,23 @@ def _pct(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
-    """Cells are already escaped HTML; the first `text_columns` are left-aligned."""
+    """Cells are already escaped HTML; the first `text_columns` are left-aligned.
+
+    A row shorter than the header ends in a left-aligned cell spanning the remaining columns (a message).
+    """
     head = f"<thead><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr></thead>" if any(header) else ""
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="text">{c}</td>' if i < text_columns else f"<td>{c}</td>" for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
+
+    def cells(row: list[str]) -> str:
+        out = []
+        for i, c in enumerate(row):
+            span = len(header) - len(row) + 1 if header and i == len(row) - 1 and len(row) < len(header) else 1
+            if span > 1:
+                out.append(f'<td class="text" colspan="{span}">{c}</td>')
+            else:
+                out.append(f'<td class="text">{c}</td>' if i < text_columns else f"<td>{c}</td>")
+        return "".join(out)
+
+    body = "".join(f"<tr>{cells(row)}</tr>" for row in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
@@ -180,9 +189,11 @@ def _scatter_points(report: dict[str, Any]) -> tuple[list[tuple[str, float, floa
 def _draw_scatter(points: list[tuple[str, float, float]], ylabel: str, batch: int):
     def draw(fig) -> None:
         ax = fig.subplots()
-        for i, (name, ms, accuracy) in enumerate(points):
-            ax.scatter([ms], [accuracy], s=60, color=COLORS[i % len(COLORS)], label=name, zorder=3)
-            ax.annotate(name, (ms, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        markers = "osD^vP*X"
+        for i, (name, ms, accuracy) in enumerate(points):  # a legend, not labels: engines often share a spot
+            marker = markers[(i // len(COLORS)) % len(markers)]
+            ax.scatter([ms], [accuracy], s=60, color=COLORS[i % len(COLORS)], marker=marker, label=name, zorder=3, alpha=0.85)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         ax.set_xlabel(f"p50 latency at batch {batch} (ms), lower is faster")
         ax.set_ylabel(ylabel)
         fastest, slowest = min(ms for _, ms, _ in points), max(ms for _, ms, _ in points)
@@ -194,7 +205,7 @@ def _draw_scatter(points: list[tuple[str, float, float]], ylabel: str, batch: in
         low = min(a for *_, a in points)
         ax.set_ylim(max(0.0, low - max(1.0, (100 - low) * 0.5)), 100.5)
 
-    return draw, (6.4, 3.6)
+    return draw, (8.4, 3.6)
 
 
 SENSITIVITY_BARS = 40  # the most sensitive nodes shown in the bar chart
@@ -284,9 +295,7 @@ def _accuracy_section(report: dict[str, Any]) -> str:
         acc = engine.get("accuracy")
         if engine.get("error") or acc is None:
             why = engine.get("error") or "not validated"
-            rows.append(
-                [_esc(engine["name"]), _esc(engine.get("precision", "")), f'<span class="fail">{_esc(why)}</span>'] + [""] * 9
-            )
+            rows.append([_esc(engine["name"]), _esc(engine.get("precision", "")), f'<span class="fail">{_esc(why)}</span>'])
             continue
         nonfinite = acc.get("nonfinite_outputs") or 0
         rows.append([
