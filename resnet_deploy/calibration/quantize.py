@@ -17,6 +17,7 @@ Both quantizers receive the ranges computed from our one statistics pass; neithe
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -86,77 +87,68 @@ def _quantize_onnxruntime(source: Path, calibration: Calibration, excluded: list
         {"ActivationSymmetric": False, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["Gemm"]},
     )
     quantizer.quantize_model()
-    keep_excluded_in_fp32(quantizer.model.model, excluded)
+    read_float_inputs(quantizer.model.model, excluded, load_onnx(source))
     quantizer.model.save_model_to_file(str(output), False)
 
 
-REQUANTIZED_BY_ORT = frozenset({"Conv", "ConvTranspose", "Gemm"})
+REMOVABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})  # ONNX Runtime's quantizer folds these into the Q range
 
 
-def _input_channels(node, weight) -> int | None:
-    """Channels of a Conv/ConvTranspose/Gemm's first input (axis 1), read from its weight's shape."""
-    from onnx import helper
+def read_float_inputs(model, excluded: Sequence[str], original) -> list[str]:
+    """Excluded nodes read the FP32 tensors themselves, not their quantize-dequantize round trip; returns them.
 
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    dims = list(weight.dims)
-    if node.op_type == "Conv" and len(dims) >= 2:
-        return dims[1] * int(attributes.get("group", 1))
-    if node.op_type == "ConvTranspose" and dims:
-        return dims[0]
-    if node.op_type == "Gemm" and len(dims) == 2 and not attributes.get("transA", 0):
-        return dims[1] if attributes.get("transB", 0) else dims[0]
-    return None
+    ONNX Runtime's QDQ quantizer leaves an excluded node's weights in FP32 but still feeds it the
+    dequantized INT8 copy of each activation (the producer's output quantization), so "excluded" would
+    keep most of the node's error. Here each such input is wired to the tensor the QuantizeLinear read,
+    as ModelOpt's recipe (Q/DQ on quantized nodes' inputs only) and NNCF's ignored scope do; Q/DQ pairs
+    that no node reads any more are removed. The quantizer also removed each Relu/Clip after a quantized
+    node (the Q range clips instead) and gave its output name to the node before it: where an excluded
+    node now reads such a tensor, a copy of the activation from `original` (the FP32 model) is put back.
 
-
-def keep_excluded_in_fp32(model, excluded: list[str]) -> list[str]:
-    """Keep excluded Conv/ConvTranspose/Gemm nodes in FP32 when ONNX Runtime runs the model; returns their names.
-
-    ONNX Runtime's `WeightBiasQuantization` graph optimizer (on by default) quantizes the FP32 weights of
-    any Conv/ConvTranspose/Gemm whose input comes from a per-tensor DequantizeLinear, to per-tensor
-    INT8, when the session loads: a node the quantizer excluded would silently run as INT8 again, with a
-    coarser recipe than the rest. That optimizer only takes a per-tensor (scalar) input scale, so each
-    such node gets its own DequantizeLinear with the same scale repeated per channel (axis 1): the same
-    numbers, and the node stays FP32 in every ONNX Runtime session.
+    The node reads no DequantizeLinear: ONNX Runtime's WeightBiasQuantization optimizer (which quantizes
+    the FP32 weights of a Conv/Gemm fed by a DequantizeLinear when a session loads) leaves it in FP32,
+    and `graph.quantized_nodes` does not count it.
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     wanted = set(excluded)
-    initializers = {i.name: i for i in model.graph.initializer}
-    made_by = producers(model)
-    nodes, guarded = [], []
+    made_by, made_by_before = producers(model), producers(original)
+    initializers = {i.name for i in model.graph.initializer}
+    originals = {i.name: i for i in original.graph.initializer}
+    restored: dict[str, str] = {}  # tensor -> its activation put back
+    nodes, rewired = [], []
     for node in model.graph.node:
-        weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
-        dq = made_by.get(node.input[0]) if node.input else None
-        if (
-            node.name in wanted
-            and node.op_type in REQUANTIZED_BY_ORT
-            and weight is not None
-            and weight.data_type == TensorProto.FLOAT
-            and dq is not None
-            and dq.op_type == "DequantizeLinear"
-            and dq.input[1] in initializers
-            and (channels := _input_channels(node, weight))
-        ):
-            scale = numpy_helper.to_array(initializers[dq.input[1]])
-            if scale.size == 1:
-                inputs = [dq.input[0], dq.input[1]] + ([dq.input[2]] if len(dq.input) > 2 and dq.input[2] in initializers else [])
-                repeated = [f"{node.name}_fp32_input_{kind}" for kind in ("scale", "zero_point")[: len(inputs) - 1]]
-                for source, name in zip(inputs[1:], repeated):
-                    value = numpy_helper.to_array(initializers[source]).reshape(())
-                    model.graph.initializer.append(numpy_helper.from_array(np.full(channels, value, value.dtype), name))
-                output = f"{node.name}_fp32_input"
-                dequantize = helper.make_node(
-                    "DequantizeLinear", [inputs[0], *repeated], [output], name=f"{node.name}_fp32_input_dq", axis=1
-                )
-                nodes.append(dequantize)
-                node.input[0] = output
-                guarded.append(node.name)
+        if node.name in wanted:
+            for index, name in enumerate(node.input):
+                dq = made_by.get(name)
+                q = made_by.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+                if q is None or q.op_type != "QuantizeLinear":
+                    continue
+                tensor = q.input[0]
+                before, now = made_by_before.get(tensor), made_by.get(tensor)
+                folded = before is not None and before.op_type in REMOVABLE_ACTIVATIONS
+                if folded and (now is None or now.op_type != before.op_type):
+                    if tensor not in restored:
+                        restored[tensor] = f"{tensor}_fp32"
+                        activation = copy.deepcopy(before)
+                        activation.name = f"{before.name}_fp32"
+                        activation.input[0], activation.output[0] = tensor, restored[tensor]
+                        for extra in activation.input[1:]:  # Clip's min / max
+                            if extra and extra not in initializers and extra in originals:
+                                model.graph.initializer.append(originals[extra])
+                                initializers.add(extra)
+                        nodes.append(activation)
+                    tensor = restored[tensor]
+                node.input[index] = tensor
+                rewired.append(node.name)
         nodes.append(node)
-    read = {name for node in nodes for name in node.input} | {o.name for o in model.graph.output}
-    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or any(o in read for o in n.output)]  # orphaned DQs
+    while True:  # drop Q/DQ nodes nothing reads (a DQ first, then the Q that fed only it)
+        read = {name for node in nodes for name in node.input} | {o.name for o in model.graph.output}
+        kept = [n for n in nodes if n.op_type not in QDQ_OPS or any(o in read for o in n.output)]
+        if len(kept) == len(nodes):
+            break
+        nodes = kept
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    return guarded
+    return sorted(set(rewired))
 
 
 def write_trt_cache(calibration: Calibration, path: Path) -> None:

@@ -49,7 +49,7 @@ def _preload_cuda_libraries(ort) -> None:
 # ONNX Runtime's graph optimizer that quantizes the FP32 weights of a Conv/Gemm fed by a DequantizeLinear (to
 # per-tensor INT8). A model made for TensorRT is run here to check what TensorRT computes, and TensorRT keeps
 # such a node in FP32 (strongly typed: no Q/DQ on its weights, no INT8): so it is off for those models. Models
-# made for ONNX Runtime keep their FP32 nodes FP32 in the graph itself (quantize.keep_excluded_in_fp32).
+# made for ONNX Runtime feed their FP32 nodes no DequantizeLinear at all (quantize.read_float_inputs).
 NOT_FOR_TENSORRT_MODELS = ("WeightBiasQuantization",)
 
 
