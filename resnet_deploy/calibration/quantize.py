@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import logging
@@ -62,18 +63,37 @@ def captured_output() -> Iterator[io.StringIO]:
         root.removeHandler(handler)
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=2)
+def _shape_inferred(path: str, *identity: int) -> bytes:
+    """The FP32 model with inferred shapes, serialized: what ONNX Runtime's quantizer starts from.
+
+    Shape inference takes most of a small model's quantization time, and a mixed-precision search or
+    `layers` quantizes the same file dozens of times: kept per file version (inode, size, mtime).
+    """
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    return load_model_with_shape_infer(Path(path)).SerializeToString()
+
+
 def _quantize_onnxruntime(source: Path, calibration: Calibration, excluded: list[str], output: Path) -> None:
+    import onnx
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer, update_opset_version
+    from onnxruntime.quantization.quant_utils import update_opset_version
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     ranges = TensorsData(
         OrtMethod.MinMax,
         {name: TensorData(lowest=np.float32(r.low), highest=np.float32(r.high)) for name, r in calibration.ranges.items()},
     )
-    model = update_opset_version(load_model_with_shape_infer(Path(source)), QuantType.QInt8)
+    model = onnx.ModelProto.FromString(_shape_inferred(str(source), *_identity(Path(source))))
+    model = update_opset_version(model, QuantType.QInt8)
     quantizer = QDQQuantizer(
         model,
         True,  # per_channel
