@@ -143,7 +143,7 @@ def run_rounds(runners: list[Runner], batch_sizes, rounds: int, warmup: int, ite
         for runner in runners:
             with runner:
                 for batch_size in batch_sizes:
-                    timed = time_calls(runner, make_batch(images, batch_size), warmup, iterations, max_seconds=120.0)
+                    timed, _ = time_calls(runner, make_batch(images, batch_size), warmup, iterations, max_seconds=120.0)
                     samples.setdefault((runner.name, batch_size), []).extend(timed.tolist())
         print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
     return samples

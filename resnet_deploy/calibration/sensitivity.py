@@ -139,7 +139,10 @@ def _sum_squared_error(x: Sequence[np.ndarray], y: Sequence[np.ndarray]) -> floa
 
 
 def sqnr_db(signal: float, noise: float) -> float:
-    """20 log10(||x|| / ||x - y||) from the squared norms, norms floored at float eps like qdq_loss_debug does."""
+    """20 log10(||x|| / ||x - y||) from the squared norms, norms floored at float eps like qdq_loss_debug does;
+    +inf when the node adds no error at all (e.g. a folded conv whose weights are all zero: both norms 0)."""
+    if noise == 0.0:
+        return math.inf
     eps = float(np.finfo(float).eps)
     return 20.0 * math.log10(max(math.sqrt(signal), eps) / max(math.sqrt(noise), eps))
 
@@ -300,7 +303,8 @@ class LayerSensitivity:
     int8_tensor: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        """JSON-ready: floats rounded; an SQNR of +inf (no error) as None."""
+        return {k: (round(v, 4) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
 def sort_worst_first(rows: list[LayerSensitivity]) -> list[LayerSensitivity]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -222,7 +223,7 @@ def _draw_sensitivity(rows: list[dict[str, Any]], excluded: set[str]):
         labels = [f"{r['node']} ({r['module']})" if r.get("module") else r["node"] for r in rows]
         colors = [COLORS[1] if r["node"] in excluded else COLORS[0] for r in rows]
         positions = list(range(len(rows)))
-        axes[0].barh(positions, [r.get("sqnr_db") or 0.0 for r in rows], color=colors)
+        axes[0].barh(positions, [math.nan if r.get("sqnr_db") is None else r["sqnr_db"] for r in rows], color=colors)
         axes[0].set_xlabel("SQNR the node adds (dB), lower is worse")
         axes[0].set_yticks(positions, labels, fontsize=7)
         axes[0].invert_yaxis()
