@@ -352,22 +352,31 @@ def compare(progress, old_path: Path, new_path: Path) -> int:
     return 0
 
 
-@cli.command(epilog="\b\nExample:\n  resnet-deploy report out/report.json --html report.html")
+@cli.command(
+    epilog="\b\nExamples:\n  resnet-deploy report out/report.json --html report.html\n"
+    "  resnet-deploy report out/report.json --html report.html --layers layers/layers.json"
+)
 @click.argument("report_path", metavar="REPORT.json", type=click.Path(path_type=Path))
 @click.option("--html", "html_out", type=click.Path(path_type=Path), help="Write the self-contained HTML page here.")
 @click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), help="Write the Markdown report here.")
+@click.option(
+    "--layers", "layers_path", type=click.Path(path_type=Path), help="layers.json of `resnet-deploy layers`: adds its chart."
+)
 @_common
-def report(progress, report_path: Path, html_out: Path | None, markdown_out: Path | None) -> int:
+def report(progress, report_path: Path, html_out: Path | None, markdown_out: Path | None, layers_path: Path | None) -> int:
     """Render report.html (or report.md) again from a report.json, e.g. one downloaded from CI."""
     from .artifacts import write_text_atomic
     from .pipeline.html import render_html
-    from .pipeline.report import read_report, to_markdown
+    from .pipeline.report import read_layers, read_report, to_markdown
 
     if html_out is None and markdown_out is None:
         raise UserError("give --html OUT.html and/or --markdown OUT.md")
+    if layers_path is not None and html_out is None:
+        raise UserError("--layers adds a chart to the HTML page; give --html OUT.html too")
     data = read_report(report_path)
+    layers = read_layers(layers_path) if layers_path is not None else None
     if html_out is not None:
-        write_text_atomic(html_out, render_html(data))
+        write_text_atomic(html_out, render_html(data, layers=layers))
         click.echo(f"wrote {html_out}")
     if markdown_out is not None:
         write_text_atomic(markdown_out, to_markdown(data))

@@ -109,9 +109,13 @@ def test_build_that_cannot_meet_the_target_writes_the_best_effort_and_exits_1(ha
     assert "### onnxruntime-int8: **TARGET MISSED: best effort**" in markdown and "| 2 | greedy | 1 |" in markdown
     html = (out / "report.html").read_text()
     assert "target missed: best effort" in html and 'data-plot="layer-sensitivity"' in html
+    search["steps"][0]["top1_agreement"] = "97%"  # a report.json edited by hand is refused, not half rendered
+    (tmp_path / "edited.json").write_text(json.dumps(report))
+    edited = invoke("report", str(tmp_path / "edited.json"), "--html", str(tmp_path / "edited.html"))
+    one_error_line(edited, "mixed_precision.steps[0].top1_agreement must be a number")
 
 
-def test_layers_ranks_every_quantized_node(fp32_onnx, harsh_calib, workload, tmp_path):
+def test_layers_ranks_every_quantized_node(fp32_onnx, harsh_calib, workload, built, tmp_path):
     out = tmp_path / "layers"
     args = ["layers", "--onnx", str(fp32_onnx.path), "--calib-data", str(harsh_calib), "--calib-method", "max"]
     args += ["--select-data", str(workload.calib), "--select-size", "48", "--out", str(out), "--quiet"]
@@ -127,6 +131,13 @@ def test_layers_ranks_every_quantized_node(fp32_onnx, harsh_calib, workload, tmp
     assert 'data-plot="layer-sensitivity"' in (out / "layers.html").read_text() and (out / "calib.json").is_file()
     again = invoke(*args)
     one_error_line(again, "layers.json already exists; pass --force")
+    # the chart joins a build's report.html when the page is rendered with the layers data
+    report = built[2] / "report.json"
+    page = invoke("report", str(report), "--html", str(tmp_path / "report.html"), "--layers", str(out / "layers.json"))
+    assert page.exit_code == 0, page.output
+    assert 'data-plot="layer-sensitivity"' in (tmp_path / "report.html").read_text()
+    wrong = invoke("report", str(report), "--html", str(tmp_path / "r.html"), "--layers", str(report))
+    one_error_line(wrong, "not a resnet-deploy layers")
 
 
 def test_excluding_every_quantized_node_reproduces_fp32(fp32_onnx, calibration, val_images, tmp_path):

@@ -408,8 +408,10 @@ def _mixed_precision_section(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def render_layers_html(layers: dict[str, Any]) -> str:
-    """The page `resnet-deploy layers` writes beside layers.json: the table and the bar chart."""
+def _layers_section(layers: dict[str, Any] | None, heading: str = "h2") -> str:
+    """`resnet-deploy layers` results (layers.json): the bar chart and the table, most sensitive first."""
+    if not layers:
+        return ""
     rows = layers["nodes"]
     draw, size = _draw_sensitivity(rows, set())
     figure = _Plots().render("layer-sensitivity", "per-node sensitivity, most sensitive first", draw, size)
@@ -420,16 +422,21 @@ def render_layers_html(layers: dict[str, Any]) -> str:
         for r in rows
     ]  # fmt: skip
     full = layers["fully_quantized"]
-    body = (
-        f"<h1>Per-layer INT8 sensitivity: {_esc(layers['model']['arch'])} ({_esc(layers['target'])} target)</h1>"
-        f"<p>Fully quantized: {_pct(full['top1_agreement'])} top-1 agreement with the FP32 model on "
-        f"{_esc(layers['selection']['samples'])} images ({_esc(layers['selection']['origin'])}).</p>"
+    return (
+        f"<{heading}>Per-layer INT8 sensitivity: {_esc(layers['model']['arch'])} ({_esc(layers['target'])} target)"
+        f"</{heading}><p>Fully quantized: {_pct(full['top1_agreement'])} top-1 agreement with the FP32 model on "
+        f"{_esc(layers['selection']['samples'])} images ({_esc(layers['selection']['origin'])}). Agreement cost: "
+        "the points of top-1 agreement the model gains when only that node is left unquantized.</p>"
         + figure
         + _table(header, cells, text_columns=3)
     )
+
+
+def render_layers_html(layers: dict[str, Any]) -> str:
+    """The page `resnet-deploy layers` writes beside layers.json: the table and the bar chart."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
-        f"<title>resnet-deploy layers</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+        f"<title>resnet-deploy layers</title><style>{CSS}</style></head><body>{_layers_section(layers, 'h1')}</body></html>\n"
     )
 
 
@@ -445,8 +452,9 @@ def _notes_section(report: dict[str, Any]) -> str:
     return f"<h2>Notes</h2><ul>{''.join(items)}</ul>" if items else ""
 
 
-def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None) -> str:
-    """The page for a report dict; `gates` (a GateReport dict) defaults to the report's own gate results."""
+def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None, layers: dict[str, Any] | None = None) -> str:
+    """The page for a report dict; `gates` (a GateReport dict) defaults to the report's own gate results;
+    `layers` (a layers.json, `resnet-deploy layers`) adds the per-layer sensitivity chart and table."""
     gates = gates if gates is not None else report.get("gates")
     arch = _esc(report["model"].get("arch", "?"))
     checks = (
@@ -464,6 +472,7 @@ def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None) -> 
             _latency_section(report),
             _plots_section(report),
             _mixed_precision_section(report),
+            _layers_section(layers),
             _environment_section(report),
             _notes_section(report),
         ]

@@ -282,9 +282,46 @@ class _Shape:
                 for key in _ACCURACY_NUMBERS:
                     self.number(accuracy.get(key), f"engines[{i}].accuracy.{key}")
             self.latency(engine.get("latency", []), f"engines[{i}].latency")
+            if engine.get("quantization") is not None:
+                quantization = self.dict(engine["quantization"], f"engines[{i}].quantization")
+                if quantization.get("mixed_precision") is not None:
+                    self.mixed_precision(quantization["mixed_precision"], f"engines[{i}].quantization.mixed_precision")
         if data.get("gates") is not None:
             self.gates(data["gates"])
         return data
+
+    def rows(self, value: Any, where: str, strings: tuple[str, ...], numbers: tuple[str, ...], flags: tuple[str, ...] = ()):
+        """Each item of a list: an object whose `strings` keys are strings, `numbers` numbers (null allowed for the
+        keys after a '?' entry), `flags` booleans."""
+        optional = numbers[numbers.index("?") + 1 :] if "?" in numbers else ()
+        for i, row in enumerate(self.list(value, where)):
+            row = self.dict(row, f"{where}[{i}]")
+            for key in strings:
+                if not isinstance(row.get(key), str):
+                    raise self.fail(f"{where}[{i}].{key}", "must be a string")
+            for key in (k for k in numbers if k != "?"):
+                self.number(row.get(key), f"{where}[{i}].{key}")
+                if key not in optional and row.get(key) is None:
+                    raise self.fail(f"{where}[{i}].{key}", "must be a number")
+            for key in flags:
+                if not isinstance(row.get(key), bool):
+                    raise self.fail(f"{where}[{i}].{key}", "must be true or false")
+            if "excluded" in row:
+                self.strings(row["excluded"], f"{where}[{i}].excluded")
+
+    def mixed_precision(self, search: Any, where: str) -> None:
+        """What report.md / report.html read of a mixed-precision search (quantization.mixed_precision)."""
+        search = self.dict(search, where)
+        self.rows([search], where, ("status", "high_precision"), (), ("met",))
+        self.rows([search.get("target")], f"{where}.target", ("description",), ("max_excluded",))
+        self.rows([search.get("selection")], f"{where}.selection", ("source", "origin"), ("samples",))
+        self.strings(search.get("excluded"), f"{where}.excluded")
+        self.rows(search.get("steps"), f"{where}.steps", ("phase",), ("top1_agreement", "?", "top1_drop_points"), ("met",))
+        self.rows(search.get("sensitivity", []), f"{where}.sensitivity", ("node",), ("?", "sqnr_db"))
+        costs = ("batch_size", "before_p50_ms", "after_p50_ms", "cost_ms", "?", "cost_pct")
+        self.rows(search.get("latency_cost") or [], f"{where}.latency_cost", ("engine",), costs)
+        if search.get("on_val") is not None:
+            self.rows([search["on_val"]], f"{where}.on_val", (), ("top1_agreement", "?", "top1_drop_points"), ("met",))
 
     def strings(self, value: Any, where: str) -> None:
         for i, item in enumerate(self.list(value, where)):
@@ -322,6 +359,30 @@ def read_report(path: Path, what: str = "report") -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise UserError(f"{label} is not valid JSON ({exc}); give the report.json written by resnet-deploy build") from None
     return _Shape(label).report(data)
+
+
+LAYERS_SCHEMA = "resnet-deploy/layers/v1"
+
+
+def read_layers(path: Path) -> dict[str, Any]:
+    """A layers.json (`resnet-deploy layers`) read back and checked for what report.html draws from it."""
+    label = f"layers file {path}"
+    fix = "give the layers.json written by resnet-deploy layers"
+    text = read_user_text(Path(path), label, fix)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{label} is not valid JSON ({exc}); {fix}") from None
+    shape = _Shape(label)
+    if not isinstance(data, dict) or data.get("schema") != LAYERS_SCHEMA:
+        raise UserError(f"{label} is not a resnet-deploy layers file (expected schema {LAYERS_SCHEMA!r}); {fix}")
+    shape.rows([data], "the top level", ("target",), ())
+    shape.rows([data.get("model")], "model", ("arch",), ())
+    shape.rows([data.get("selection")], "selection", ("origin",), ("samples",))
+    shape.rows([data.get("fully_quantized")], "fully_quantized", (), ("top1_agreement",))
+    numbers = ("?", "sqnr_db", "top1_agreement_drop_points", "top1_agreement_unquantized")
+    shape.rows(data.get("nodes"), "nodes", ("node", "op_type"), numbers)
+    return data
 
 
 _HOST_KEYS = ("cpu", "machine", "cpu_count", "threads", "gpu")
