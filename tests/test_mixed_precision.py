@@ -23,6 +23,7 @@ from resnet_deploy.calibration.graph import load_onnx, quantized_nodes
 from resnet_deploy.calibration.search import search_exclusions
 from resnet_deploy.cli import cli
 from resnet_deploy.config import AccuracyTarget
+from resnet_deploy.errors import UserError
 
 from .conftest import build_args, one_error_line
 
@@ -209,3 +210,16 @@ def test_accuracy_target_needs_val_data_and_int8(fp32_onnx, harsh_calib, workloa
     build = build_args(workload, tmp_path / "out", "--precision", "fp32", *TARGET)
     one_error_line(invoke(*build), "add int8 to --precision")
     assert not (tmp_path / "out").exists()
+
+
+def test_toml_takes_the_accuracy_target_keys(tmp_path):
+    from resnet_deploy.config import load_toml_options
+
+    config = tmp_path / "build.toml"
+    config.write_text('max_top1_drop = 0.5\nmin_top1_agreement = 0.99\nmax_excluded = 4\nselect_data = "sel"\nselect_size = 64\n')
+    options = load_toml_options(config)
+    assert (options["max_top1_drop"], options["min_top1_agreement"], options["max_excluded"]) == (0.5, 0.99, 4)
+    assert options["select_data"] == str(tmp_path / "sel") and options["select_size"] == 64
+    config.write_text("min_top1_agreement = 99\n")
+    with pytest.raises(UserError, match="'min_top1_agreement' is a fraction in"):
+        load_toml_options(config)
