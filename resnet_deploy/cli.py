@@ -210,14 +210,12 @@ def build(progress, config_file: Path | None, junit: Path | None, summary: Path 
 
 def _build_config(ctx: click.Context, config_file: Path | None, options: dict[str, Any]):
     from .config import (
-        LIMITS,
         PATH_KEYS,
         BenchmarkOptions,
         BuildConfig,
         Precision,
         Target,
         TensorRTOptions,
-        check_range,
         load_toml_options,
         parse_enum_list,
         parse_hardware_compat,
@@ -236,9 +234,7 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
     missing = [f"--{k.replace('_', '-')}" for k in ("arch", "weights", "val_data", "out") if not options.get(k)]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (give them as options or in --config)")
-    for key in LIMITS:
-        if options.get(key) is not None:
-            check_range(key, options[key], f"--{key.replace('_', '-')}")
+    _check_limits(options)
     return BuildConfig(
         arch=options["arch"],
         weights=Path(options["weights"]),
@@ -276,6 +272,15 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         accuracy_target=_accuracy_target(options),
         selection=_selection(options),
     )
+
+
+def _check_limits(options: dict[str, Any]) -> None:
+    """The numeric options a command has, each within its range (config.LIMITS)."""
+    from .config import LIMITS, check_range
+
+    for key in LIMITS:
+        if options.get(key) is not None:
+            check_range(key, options[key], f"--{key.replace('_', '-')}")
 
 
 def _load_gates(gates_file: Path | None, overrides: tuple[str, ...], baseline: Path | None):
@@ -527,6 +532,7 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
     precision, target = precisions[0], targets[0]
     if precision is Precision.FP32:
         raise UserError("--precision fp32: the input already is FP32; choose int8 or fp16")
+    _check_limits(options)
     accuracy_target = _accuracy_target(options)
     if accuracy_target is not None and precision is not Precision.INT8:
         raise UserError(
@@ -701,6 +707,7 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
     targets = parse_enum_list(Target, options["target"], "--target")
     if len(targets) > 1:
         raise UserError("layers measures one INT8 recipe: give one --target")
+    _check_limits(options)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     if (out / "layers.json").exists() and not options["force"]:

@@ -139,6 +139,8 @@ def test_layers_ranks_every_quantized_node(fp32_onnx, harsh_calib, workload, bui
     assert 'data-plot="layer-sensitivity"' in (tmp_path / "report.html").read_text()
     wrong = invoke("report", str(report), "--html", str(tmp_path / "r.html"), "--layers", str(report))
     one_error_line(wrong, "not a resnet-deploy layers")
+    one_error_line(invoke(*args, "--force", "--target", "onnxruntime,tensorrt"), "layers measures one INT8 recipe")
+    one_error_line(invoke(*args, "--force", "--threads", "0"), "--threads must be between 1 and")
 
 
 def test_excluding_every_quantized_node_reproduces_fp32(fp32_onnx, calibration, val_images, tmp_path):
