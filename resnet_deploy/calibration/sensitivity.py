@@ -105,8 +105,7 @@ def cut_graph(int8_model, fp32_shapes: dict[str, Any]) -> tuple[Any, dict[str, s
             added.append(dq_cut)
             for user in consumers.get(dq.output[0], []):
                 user.input[:] = [dq_cut.output[0] if name == dq.output[0] else name for name in user.input]
-    graph.node.extend(added)  # every new node reads a graph input or another new node: order them first
-    order = [*added, *[n for n in graph.node if n not in added]]
+    order = [*added, *graph.node]  # every new node reads a graph input or another new node: first
     del graph.node[:]
     graph.node.extend(order)
     for tensor, feed in cuts.items():
