@@ -358,7 +358,7 @@ def compare(progress, old_path: Path, new_path: Path) -> int:
 
 
 @cli.command(
-    epilog="\b\nExamples:\n  resnet-deploy report out/report.json --html report.html\n"
+    epilog="\b\nExample:\n  resnet-deploy report out/report.json --html report.html\n"
     "  resnet-deploy report out/report.json --html report.html --layers layers/layers.json"
 )
 @click.argument("report_path", metavar="REPORT.json", type=click.Path(path_type=Path))
