@@ -557,6 +557,8 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
     if accuracy_target is not None:
         calib, selection = SelectionSet.split(calib, _selection(options), calibration_options.seed, preprocess)
         selection.check(val, accuracy_target)
+        if selection.warning():
+            click.echo(f"warning: {selection.warning()}", err=True)
     calibration_set = CalibrationSet.draw(calib, calibration_options.size, calibration_options.seed)
     if val is not None:
         shared = calibration_set.overlap(val)
@@ -721,6 +723,8 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
     preprocess = Preprocess.from_dict(fp32.preprocess)
     calib = open_dataset(calib_data, preprocess, option="--calib-data")
     pool, selection = SelectionSet.split(calib, _selection(options), calibration_options.seed, preprocess)
+    if selection.warning():
+        click.echo(f"warning: {selection.warning()}", err=True)
     calibration_set = CalibrationSet.draw(pool, calibration_options.size, calibration_options.seed)
     calibration = calibrate(fp32, calibration_set, calibration_options, options["threads"], progress)
     if not calibration.reused:

@@ -129,6 +129,7 @@ def test_layers_ranks_every_quantized_node(fp32_onnx, harsh_calib, workload, bui
     drops = [n["top1_agreement_drop_points"] for n in nodes]
     assert drops == sorted(drops, reverse=True)  # worst first
     assert nodes[0]["module"] and nodes[0]["node"] in result.output and "SQNR dB" in result.output
+    assert "warning: the nodes kept in higher precision are chosen on 48 images" in result.output  # 1 image = 2.1 points
     assert 'data-plot="layer-sensitivity"' in (out / "layers.html").read_text() and (out / "calib.json").is_file()
     again = invoke(*args)
     one_error_line(again, "layers.json already exists; pass --force")

@@ -69,6 +69,9 @@ class CalibrationSet:
         }
 
 
+STEADY_SELECTION = 100  # selection images below which one image is a point of top-1 agreement or more
+
+
 @dataclass(frozen=True)
 class SelectionSet:
     """The images that measure layer sensitivity and choose the nodes kept in higher precision.
@@ -120,6 +123,16 @@ class SelectionSet:
                         f"--max-top1-drop compares top-1 with labels, but {option} {data.source} has none (use class "
                         "subfolders or an .npz 'labels' array); or use --min-top1-agreement, which needs no labels"
                     )
+
+    def warning(self) -> str | None:
+        """A warning when the selection set is small enough that one image moves the accuracy by a point or more."""
+        count = len(self.dataset)
+        if count >= STEADY_SELECTION:
+            return None
+        return (
+            f"the nodes kept in higher precision are chosen on {count} images ({self.origin}): one image is "
+            f"{100 / count:.1f} points of top-1 agreement; give more with --select-data / --select-size for a steadier choice"
+        )
 
     def describe(self) -> dict[str, Any]:
         return {

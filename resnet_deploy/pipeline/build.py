@@ -169,7 +169,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             selection.check(val, config.accuracy_target)
         calibration_set = CalibrationSet.draw(pool, config.calibration.size, config.calibration.seed) if reduced else None
     progress.log(f"loaded {model.arch} ({model.num_classes} classes, input {'x'.join(map(str, model.preprocess.input_size))})")
-    warnings = _warnings(val, calibration_set)
+    warnings = _warnings(val, calibration_set) + ([selection.warning()] if selection and selection.warning() else [])
 
     with staged_output_dir(config.out, config.force) as stage, tempfile.TemporaryDirectory(prefix="resnet-deploy-") as work:
         with timer("fold"):
