@@ -12,7 +12,10 @@ import hashlib
 import json
 import os
 import re
+import signal
+import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +155,17 @@ def read_sidecar(path: Path, kind: str) -> dict[str, Any]:
     return meta
 
 
+class _Described:
+    """A file described by a sidecar: every dataclass field but `path`, plus its `KIND`."""
+
+    KIND = "?"
+
+    def metadata(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}}
+
+
 @dataclass(frozen=True)
-class FoldedModelArtifact:
+class FoldedModelArtifact(_Described):
     """A BN-folded model: a safetensors state_dict plus what is needed to rebuild the module."""
 
     path: Path
@@ -165,16 +177,6 @@ class FoldedModelArtifact:
 
     KIND = "folded-model"
 
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "kind": self.KIND,
-            "arch": self.arch,
-            "num_classes": self.num_classes,
-            "preprocess": self.preprocess,
-            "weights_sha256": self.weights_sha256,
-            "fold": self.fold,
-        }
-
     def info(self):
         from .data import Preprocess
         from .models import ModelInfo
@@ -183,19 +185,11 @@ class FoldedModelArtifact:
 
     @classmethod
     def read(cls, path: Path) -> "FoldedModelArtifact":
-        meta = read_sidecar(path, cls.KIND)
-        return cls(
-            path=Path(path),
-            arch=meta["arch"],
-            num_classes=int(meta["num_classes"]),
-            preprocess=meta["preprocess"],
-            weights_sha256=meta["weights_sha256"],
-            fold=meta["fold"],
-        )
+        return _read_artifact(cls, path, lambda meta: {"weights_sha256": meta["weights_sha256"], "fold": dict(meta["fold"])})
 
 
 @dataclass(frozen=True)
-class OnnxArtifact:
+class OnnxArtifact(_Described):
     """An ONNX model (FP32, FP16 or INT8 Q/DQ) with what produced it."""
 
     path: Path
@@ -212,41 +206,140 @@ class OnnxArtifact:
 
     KIND = "onnx-model"
 
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "kind": self.KIND,
-            "arch": self.arch,
-            "num_classes": self.num_classes,
-            "preprocess": self.preprocess,
-            "precision": self.precision,
-            "target": self.target,
-            "input_name": self.input_name,
-            "output_name": self.output_name,
-            "opset": self.opset,
-            "source_sha256": self.source_sha256,
-            "details": self.details,
-        }
-
     @classmethod
     def read(cls, path: Path) -> "OnnxArtifact":
-        meta = read_sidecar(path, cls.KIND)
-        return cls(
+        return _read_artifact(
+            cls,
+            path,
+            lambda meta: {
+                "precision": meta["precision"],
+                "target": meta.get("target"),
+                "input_name": meta["input_name"],
+                "output_name": meta["output_name"],
+                "opset": int(meta["opset"]),
+                "source_sha256": meta["source_sha256"],
+                "details": dict(meta.get("details", {})),
+            },
+        )
+
+
+def _read_artifact(cls, path: Path, fields: Callable[[dict[str, Any]], dict[str, Any]]):
+    """An artifact from its checked sidecar: the model fields shared by all kinds, plus `fields(meta)`.
+
+    The sha256 only proves the file is the one described, not that the description is sane: a missing
+    or mistyped field is a UserError, and what a stage builds a model from (arch, classes, preprocessing)
+    is range-checked before anything is allocated from it.
+    """
+    from .config import check_range
+    from .data import Preprocess
+
+    meta = read_sidecar(path, cls.KIND)
+    try:
+        artifact = cls(
             path=Path(path),
             arch=meta["arch"],
             num_classes=int(meta["num_classes"]),
             preprocess=meta["preprocess"],
-            precision=meta["precision"],
-            target=meta.get("target"),
-            input_name=meta["input_name"],
-            output_name=meta["output_name"],
-            opset=int(meta["opset"]),
-            source_sha256=meta["source_sha256"],
-            details=meta.get("details", {}),
+            **fields(meta),
         )
+        if not isinstance(artifact.arch, str):
+            raise TypeError(f"arch {artifact.arch!r}")
+        Preprocess.from_dict(artifact.preprocess)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{sidecar_path(path)} has a missing or invalid field ({exc!r}); rerun the {cls.KIND} stage") from None
+    check_range("num_classes", artifact.num_classes, f"{sidecar_path(path)}: num_classes")
+    return artifact
+
+
+# --------------------------------------------------------------------------------------- user ONNX
+
+
+def read_onnx(path: Path, option: str = "--onnx"):
+    """A user's ONNX file parsed (external data not loaded) and checked before anything else reads it.
+
+    Every reader of a user's ONNX (ONNX Runtime sessions, describe, quantize) goes through here first:
+    the file must parse as a model with a graph, and each tensor stored in external data must name a
+    regular file inside the model's folder (relative, no symlink, no hard link) and a byte range
+    inside that file. onnx's own checker refuses bad locations but not bad ranges; ONNX Runtime refuses
+    both, with messages that do not say what to do. Raises UserError naming the tensor.
+    """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{option} {path} does not exist; give the path of an ONNX model")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, onnx others, for a non-ONNX file
+        raise UserError(f"{option} {path} is not an ONNX model ({type(exc).__name__}); give a .onnx file") from None
+    graph = proto.graph
+    if proto.ir_version < 1 or not proto.opset_import or not graph.node or not graph.input or not graph.output:
+        raise UserError(f"{option} {path} is not an ONNX model (no graph with inputs, nodes and outputs); give a .onnx file")
+    folder = path.absolute().parent
+    real_folder = os.path.realpath(folder)
+    for tensor in _all_tensors(graph, proto.functions):
+        if not uses_external_data(tensor):
+            continue
+        try:
+            info = ExternalDataInfo(tensor)
+        except ValueError as exc:
+            raise UserError(
+                f"{option} {path}: external data of tensor {tensor.name!r} is invalid ({exc}); re-export the model"
+            ) from None
+        problem = _external_data_problem(folder, real_folder, info.location, info.offset, info.length)
+        if problem:
+            raise UserError(
+                f"{option} {path}: tensor {tensor.name!r} has external data {info.location!r} {problem}; "
+                "refused: keep the model's data files as regular files beside it (or re-export it)"
+            )
+    return proto
+
+
+def _all_tensors(graph, functions=()) -> Iterator:
+    """Every TensorProto of a graph: initializers and node attributes, subgraphs and functions included."""
+    import onnx
+
+    yield from graph.initializer
+    for node in [*graph.node, *(n for f in functions for n in f.node)]:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _external_data_problem(folder: Path, real_folder: str, location: str, offset: int | None, length: int | None) -> str | None:
+    """Why an external-data location is unsafe or unusable, or None when it is fine."""
+    if not location:
+        return "without a file name"
+    if os.path.isabs(location):
+        return "as an absolute path"
+    if ".." in Path(location).parts:
+        return "pointing outside the model's folder ('..')"
+    real = os.path.realpath(folder / location)
+    if real != os.path.join(real_folder, os.path.normpath(location)):
+        outside = not real.startswith(real_folder + os.sep)
+        return "pointing outside the model's folder" if outside else "reached through a symbolic link"
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return f"that cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "that is not a regular file"
+    if st.st_nlink > 1:
+        return "that has several hard links"
+    start = offset or 0
+    if start > st.st_size or (length is not None and start + length > st.st_size):
+        return f"with a byte range (offset {start}, length {length}) beyond the end of the file ({st.st_size} bytes)"
+    return None
 
 
 @dataclass(frozen=True)
-class EngineArtifact:
+class EngineArtifact(_Described):
     """A serialized TensorRT engine; its sidecar is the manifest that says where and how it was built.
 
     The manifest is read before the engine is deserialized, so an engine built for another TensorRT
@@ -272,9 +365,6 @@ class EngineArtifact:
 
     KIND = "tensorrt-engine"
 
-    def metadata(self) -> dict[str, Any]:
-        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}}
-
     @classmethod
     def read(cls, path: Path) -> "EngineArtifact":
         meta = read_sidecar(path, cls.KIND)
@@ -286,6 +376,24 @@ class EngineArtifact:
 
 
 # ------------------------------------------------------------------------------------- output folder
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while a few renames run, then deliver them: never a half-done swap."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for s in received[:1]:
+            signal.raise_signal(s)
 
 
 @contextlib.contextmanager
@@ -316,19 +424,28 @@ def staged_output_dir(out: Path, force: bool) -> Iterator[Path]:
             raise UserError(
                 f"another resnet-deploy build is writing {out}; wait for it to finish or choose another --out"
             ) from None
-        for stale in parent.glob(f".{out.name}.partial-*"):  # left by a killed build (we hold the lock)
+        # Left by a killed build (we hold the lock): a staging folder, or the previous build set aside
+        # by a build killed (SIGKILL) between its two renames, which is put back.
+        for stale in parent.glob(f".{out.name}.old-*"):
+            if (stale / "previous").is_dir() and not out.exists():
+                os.replace(stale / "previous", out)
             shutil.rmtree(stale, ignore_errors=True)
+        for stale in parent.glob(f".{out.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if out.exists() and not force:  # again under the lock: another build may have finished meanwhile
+            raise UserError(f"--out {out} already exists; pass --force to replace it, or choose another folder")
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
         os.chmod(staging, 0o777 & ~_umask())
         try:
             yield staging
-            if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-                os.replace(out, old / "previous")
-                os.replace(staging, out)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+            try:
+                with _signals_deferred():  # out is always the previous build or the new one, never neither
+                    if out.exists():
+                        os.replace(out, old / "previous")
+                    os.replace(staging, out)
+            finally:
                 shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, out)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

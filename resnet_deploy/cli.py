@@ -6,6 +6,7 @@ import functools
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -196,12 +197,14 @@ def build(progress, config_file: Path | None, junit: Path | None, summary: Path 
 
 def _build_config(ctx: click.Context, config_file: Path | None, options: dict[str, Any]):
     from .config import (
+        LIMITS,
         PATH_KEYS,
         BenchmarkOptions,
         BuildConfig,
         Precision,
         Target,
         TensorRTOptions,
+        check_range,
         load_toml_options,
         parse_engines,
         parse_enum_list,
@@ -214,14 +217,16 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
     if config_file is not None:
         from_file = load_toml_options(config_file)
         for key, value in from_file.items():
-            if key in options and ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
+            if key not in options:
+                raise UserError(f"config file {config_file}: key {key!r} has no `build` option yet; remove it")
+            if ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
                 options[key] = Path(value) if key in PATH_KEYS else value
     missing = [f"--{k.replace('_', '-')}" for k in ("arch", "weights", "val_data", "out") if not options.get(k)]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (give them as options or in --config)")
-    for key in ("threads", "batch_size", "num_classes", "openvino_streams"):
-        if options.get(key) is not None and options[key] < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {options[key]}")
+    for key in LIMITS:
+        if options.get(key) is not None:
+            check_range(key, options[key], f"--{key.replace('_', '-')}")
     return BuildConfig(
         arch=options["arch"],
         weights=Path(options["weights"]),
@@ -476,7 +481,7 @@ def export(progress, folded: Path, out: Path, data: Path | None, opset: int | No
 @_common
 def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: Path | None, **options: Any) -> int:
     """FP32 ONNX + calibration images -> INT8 Q/DQ ONNX (per target) or FP16 ONNX, with calib.json."""
-    from .artifacts import OnnxArtifact
+    from .artifacts import OnnxArtifact, read_onnx
     from .calibration.calibrate import CALIB_NAME, CalibrationSet, calibrate
     from .calibration.graph import excluded_nodes, load_onnx
     from .config import Precision, Target, parse_enum_list
@@ -490,6 +495,7 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
     if precision is Precision.FP32:
         raise UserError("--precision fp32: the input already is FP32; choose int8 or fp16")
     _refuse_existing(out, options["force"])
+    read_onnx(onnx_path)  # refuses a non-ONNX file or unsafe external data before anything reads it
     fp32 = OnnxArtifact.read(onnx_path)
     if fp32.precision != "fp32":
         raise UserError(f"--onnx {onnx_path} is a {fp32.precision} model; give the FP32 ONNX written by export or build")
@@ -607,11 +613,17 @@ def validate(
     from .artifacts import write_json_atomic
     from .config import parse_input_size
     from .data import open_dataset
+    from .engines.ort import onnx_input_shape
     from .engines.pytorch import PyTorchRunner
     from .models import load_model
     from .pipeline.validate import validate_all
 
     model = load_model(arch, weights, num_classes, parse_input_size(input_size) if input_size else None)
+    for path in onnx_paths:
+        shape, size = onnx_input_shape(path), tuple(model.preprocess.input_size)
+        if shape != size:
+            want = "x".join(map(str, shape))
+            raise UserError(f"--onnx {path} takes {want} images, not {'x'.join(map(str, size))}; pass --input-size {want}")
     dataset = open_dataset(val_data, model.preprocess)
     runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options)
     accuracies = validate_all(
@@ -761,6 +773,9 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    # PIL warns about damaged files (corrupt EXIF, images between 1x and 2x its pixel limit, ...): a file
+    # the loader cannot use is skipped and counted with its reason in the report, so these are only noise.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
     cli(prog_name="resnet-deploy")
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .calibration.methods import CalibrationOptions
+from .calibration.methods import CalibrationOptions, check_percentile, check_regex, parse_method
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -158,26 +159,52 @@ def parse_enum_list(kind: type[enum.Enum], text: str, option: str) -> tuple:
     return tuple(values)
 
 
-def parse_int_list(text: str, option: str, minimum: int = 1) -> tuple[int, ...]:
+MAX_BATCH = 4096  # the largest batch an exported model accepts (its dynamic batch axis)
+
+# Ranges of the numeric settings, whether given as flags or as config keys.
+LIMITS: dict[str, tuple[int, int]] = {
+    "num_classes": (1, 1_000_000),
+    "threads": (1, 1024),
+    "batch_size": (1, MAX_BATCH),
+    "opset": (18, 1000),  # the dynamo exporter's minimum; the export stage checks the exporter's maximum
+    "warmup": (0, 1_000_000),
+    "iterations": (1, 1_000_000),
+    "workspace_mib": (1, 1 << 20),  # 1 TiB: anything larger is a typo
+    "builder_optimization_level": (0, 5),
+    "opt_batch_size": (1, MAX_BATCH),
+    "calib_size": (1, 10_000_000),
+    "seed": (0, 2**32 - 1),
+    "openvino_streams": (1, 1024),
+}
+
+
+def check_range(name: str, value: int, option: str) -> int:
+    low, high = LIMITS[name]
+    if not low <= value <= high:
+        raise UserError(f"{option} must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_int_list(text: str, option: str, minimum: int = 1, maximum: int = MAX_BATCH) -> tuple[int, ...]:
     """'1,8' -> (1, 8), sorted and unique."""
     try:
         values = sorted({int(p) for p in text.split(",") if p.strip()})
     except ValueError:
         raise UserError(f"{option}: expected whole numbers separated by commas, got {text!r}") from None
-    if not values or values[0] < minimum:
-        raise UserError(f"{option}: expected numbers >= {minimum}, got {text!r}")
+    if not values or values[0] < minimum or values[-1] > maximum:
+        raise UserError(f"{option}: expected numbers between {minimum} and {maximum}, got {text!r}")
     return tuple(values)
 
 
-def parse_input_size(text: str) -> tuple[int, int, int]:
+def parse_input_size(text: str, option: str = "--input-size") -> tuple[int, int, int]:
     """'3x224x224' -> (3, 224, 224)."""
     parts = text.lower().replace("*", "x").split("x")
     try:
         c, h, w = (int(p) for p in parts)
     except ValueError:
-        raise UserError(f"--input-size: expected CxHxW such as 3x224x224, got {text!r}") from None
+        raise UserError(f"{option}: expected CxHxW such as 3x224x224, got {text!r}") from None
     if c != 3 or not (8 <= h <= 4096 and 8 <= w <= 4096):
-        raise UserError(f"--input-size: expected 3 channels and 8..4096 pixels per side, got {text!r}")
+        raise UserError(f"{option}: expected 3 channels and 8..4096 pixels per side, got {text!r}")
     return (c, h, w)
 
 
@@ -242,8 +269,8 @@ class TensorRTOptions:
         }
 
 
-def parse_hardware_compat(text: str) -> HardwareCompat:
-    return parse_choice(HardwareCompat, text, "--hardware-compat")
+def parse_hardware_compat(text: str, option: str = "--hardware-compat") -> HardwareCompat:
+    return parse_choice(HardwareCompat, text, option)
 
 
 @dataclass(frozen=True)
@@ -288,44 +315,51 @@ class BuildConfig:
             raise UserError("--openvino-bf16 runs the FP32 model in bfloat16; add fp32 to --precision")
 
 
-# Keys of a build TOML file and the type each must have.
-_TOML_KEYS: dict[str, type | tuple[type, ...]] = {
-    "arch": str,
-    "weights": str,
-    "val_data": str,
-    "calib_data": str,
-    "out": str,
-    "num_classes": int,
-    "input_size": str,
-    "precision": str,
-    "target": str,
-    "providers": str,
-    "engines": str,
-    "openvino_hint": str,
-    "openvino_streams": int,
-    "openvino_cache_dir": str,
-    "openvino_shapes": str,
-    "openvino_bf16": bool,
-    "threads": int,
-    "batch_size": int,
-    "opset": int,
-    "batch_sizes": str,
-    "warmup": int,
-    "iterations": int,
-    "workspace_mib": int,
-    "builder_optimization_level": int,
-    "timing_cache": str,
-    "hardware_compat": str,
-    "opt_batch_size": int,
-    "gates": str,
-    "baseline": str,
-    "calib_size": int,
-    "seed": int,
-    "calib_method": str,
-    "percentile": (int, float),
-    "exclude_layers": str,
-    "calib_cache": str,
+def _check_providers(text: str, option: str) -> object:
+    from .engines.ort import parse_providers
+
+    return parse_providers(text, option)
+
+
+# Keys of a build TOML file, the type each must have, and (for strings) the parser that checks the value.
+_TOML_KEYS: dict[str, tuple[type, Any]] = {
+    "arch": (str, None),
+    "weights": (str, None),
+    "val_data": (str, None),
+    "calib_data": (str, None),
+    "out": (str, None),
+    "num_classes": (int, None),
+    "input_size": (str, parse_input_size),
+    "precision": (str, lambda text, option: parse_enum_list(Precision, text, option)),
+    "target": (str, lambda text, option: parse_enum_list(Target, text, option)),
+    "providers": (str, _check_providers),
+    "engines": (str, lambda text, option: parse_enum_list(Engine, text, option)),
+    "openvino_hint": (str, lambda text, option: parse_choice(PerformanceHint, text, option)),
+    "openvino_streams": (int, None),
+    "openvino_cache_dir": (str, None),
+    "openvino_shapes": (str, lambda text, option: parse_choice(ShapeMode, text, option)),
+    "openvino_bf16": (bool, None),
+    "threads": (int, None),
+    "batch_size": (int, None),
+    "opset": (int, None),
+    "batch_sizes": (str, parse_int_list),
+    "warmup": (int, None),
+    "iterations": (int, None),
+    "workspace_mib": (int, None),
+    "builder_optimization_level": (int, None),
+    "timing_cache": (str, None),
+    "hardware_compat": (str, lambda text, option: parse_hardware_compat(text, option)),
+    "opt_batch_size": (int, None),
+    "gates": (str, None),
+    "baseline": (str, None),
+    "calib_size": (int, None),
+    "seed": (int, None),
+    "calib_method": (str, lambda text, option: parse_method(text, option)),
+    "percentile": ((int, float), check_percentile),
+    "exclude_layers": (str, check_regex),
+    "calib_cache": (str, None),
 }
+PATH_KEYS = frozenset({"weights", "val_data", "calib_data", "out"})
 
 # Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
 PATH_KEYS = frozenset(
@@ -334,26 +368,37 @@ PATH_KEYS = frozenset(
 
 
 def load_toml_options(path: Path) -> dict[str, Any]:
-    """Read a build TOML file into CLI option values; unknown keys and wrong types raise UserError.
+    """Read a build TOML file into CLI option values; unknown keys, wrong types and bad values raise UserError.
 
-    Relative paths in the file are taken relative to the file's folder.
+    Every message names the file and the key. Relative paths in the file are taken relative to its folder.
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist; check the --config path") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder; give a .toml file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid TOML ({exc}); fix the file") from None
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from None
     options: dict[str, Any] = {}
     for key, value in data.items():
-        expected = _TOML_KEYS.get(key)
-        if expected is None:
+        if key not in _TOML_KEYS:
             valid = ", ".join(sorted(_TOML_KEYS))
             raise UserError(f"config file {path}: unknown key {key!r}; valid keys: {valid}")
+        expected, parse = _TOML_KEYS[key]
+        label = f"config file {path}: key {key!r}"
         if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-            name = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
-            raise UserError(f"config file {path}: key {key!r} must be a {name}, got {type(value).__name__}")
+            kind = {int: "a whole number", str: "a string", bool: "true or false"}.get(expected, "a number")
+            raise UserError(f"{label} must be {kind}, got {type(value).__name__} {value!r}"[:300])
+        if key in LIMITS:
+            check_range(key, value, label)
+        elif parse is not None:
+            parse(value, label)
+        elif isinstance(value, str) and (not value.strip() or "\0" in value):
+            raise UserError(f"{label} must not be empty")
         if key in PATH_KEYS:
-            value = str((Path(path).parent / value).resolve())
+            value = os.path.abspath(Path(path).parent / value)
         options[key] = value
     return options

@@ -7,7 +7,10 @@ recorded in `skipped`; a data set with nothing usable is an error.
 
 from __future__ import annotations
 
+import math
 import os
+import stat
+import struct
 import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +26,20 @@ from .errors import UserError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # Refuse images above this many pixels before decoding them (decompression bombs). PIL's own default.
+# The same limit applies to the image after the preprocessing resize (a 1x80000 strip resized to a
+# shorter side of 256 would be a bomb too).
 MAX_IMAGE_PIXELS = 89_478_485
+
+# The decoders an image file may be read with, whatever its extension says (a PNG named .jpg works).
+# PIL knows many more (EPS runs Ghostscript, PSD, FITS, ...): they are never tried on user files.
+IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP")  # JPEG includes MPO (camera JPEGs)
+
+# What PIL's decoders raise on broken or hostile files (they are not uniform); the fuzz tests hold it to this.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+
+
+class UnreadableImage(ValueError):
+    """A file that cannot be turned into an RGB image; data sets skip it and record the reason."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,15 @@ class Preprocess:
     def __post_init__(self) -> None:
         if not 0.1 <= self.crop_pct <= 1.0:
             raise UserError(f"crop_pct must be within 0.1..1.0, got {self.crop_pct}")
+        c, h, w = self.input_size
+        if c != 3 or not (8 <= h <= 4096 and 8 <= w <= 4096):
+            raise UserError(f"input size must be 3 channels and 8..4096 pixels per side, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(0 < s < 1e3 for s in self.std):
+            raise UserError(f"mean and std must be 3 values each, std positive; got {self.mean}, {self.std}")
+        if self.interpolation not in ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"):
+            raise UserError(f"interpolation must be one of PIL's resampling filters, got {self.interpolation!r}")
+        if self.crop_mode not in ("center", "squash", "border"):
+            raise UserError(f"crop_mode must be center, squash or border, got {self.crop_mode!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
@@ -61,6 +86,11 @@ class Preprocess:
             "crop_pct": self.crop_pct,
             "crop_mode": self.crop_mode,
         }
+
+    def resized_pixels(self, width: int, height: int) -> int:
+        """At most how many pixels `transform()` resizes a width x height image to, before cropping."""
+        side = math.floor(max(self.input_size[1:]) / self.crop_pct)
+        return math.ceil(side * side * max(width, height) / max(min(width, height), 1))
 
     def transform(self):
         """timm's eval transform for these settings: PIL RGB image -> normalized CHW tensor."""
@@ -124,36 +154,57 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk_images(root: Path) -> list[Path]:
-    """Image files below `root`, sorted, following symlinked folders once (no loops)."""
+def _dir_key(path: Path | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _walk_images(root: Path, seen: set[tuple[int, int]]) -> list[Path]:
+    """Image files below `root`, sorted. Symlinked folders are followed, but no folder is entered twice
+    and none in `seen` (the data set's root and class folders): no loops, no class read into another."""
     found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in seen:  # a symlink loop or a folder linked twice
-            dirnames[:] = []
-            continue
-        seen.add(key)
-        dirnames.sort()
+        keep = []
+        for name in sorted(dirnames):
+            key = _dir_key(os.path.join(dirpath, name))
+            if key is not None and key not in seen:
+                seen.add(key)
+                keep.append(name)
+        dirnames[:] = keep
         found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
     return sorted(found)
 
 
 def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS):
-    """Open an image file as an 8-bit RGB PIL image. Raises ValueError/OSError with a reason."""
+    """Open an image file as an 8-bit RGB PIL image; raise UnreadableImage saying why it cannot be."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    try:
+        return _load_image(Path(path), max_pixels)
+    except UnreadableImage:
+        raise
+    except (*DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # (-W error)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnreadableImage(reason[:200]) from exc
+
+
+def _load_image(path: Path, max_pixels: int):
+    from PIL import Image
+
+    st = os.stat(path)  # follows symlinks: a dangling link or a loop raises OSError here
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block forever, a device never end
+        raise UnreadableImage("not a regular file")
+    if st.st_size == 0:
+        raise UnreadableImage("empty file (0 bytes)")
+    with Image.open(path, formats=IMAGE_FORMATS) as img:
         width, height = img.size
         if width * height > max_pixels:
-            raise ValueError(f"{width}x{height} pixels is above the limit of {max_pixels} (decompression bomb?)")
+            raise UnreadableImage(f"{width}x{height} pixels is above the limit of {max_pixels} (decompression bomb?)")
         if width < 1 or height < 1:
-            raise ValueError("image has no pixels")
+            raise UnreadableImage("image has no pixels")
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
             # 16-bit (or 32-bit int) grayscale: scale to 8 bits instead of clipping at 255.
@@ -162,7 +213,8 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS):
             arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
             return Image.fromarray(arr, mode="L").convert("RGB")
         if img.mode == "F":
-            arr = np.asarray(img, dtype=np.float64)
+            with np.errstate(invalid="ignore"):  # a signalling NaN raises the FP flag when widened
+                arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
             arr = np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
             return Image.fromarray(arr, mode="L").convert("RGB")
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -208,12 +260,14 @@ class ImageFolderDataset:
         if class_dirs:
             classes = tuple(e.name for e in class_dirs)
             labels = []
+            seen = {key for key in map(_dir_key, [root, *(e.path for e in class_dirs)]) if key is not None}
             for index, entry in enumerate(class_dirs):
-                found = _walk_images(Path(entry.path))
+                found = _walk_images(Path(entry.path), seen)
                 files.extend(found)
                 labels.extend([index] * len(found))
         else:
-            files = [Path(e.path) for e in entries if e.is_file() and _is_image(e.name)]
+            # Not only regular files: a dangling link or a FIFO named like an image is skipped and counted.
+            files = [Path(e.path) for e in entries if _is_image(e.name)]
         if not files:
             raise UserError(
                 f"{option} {root} holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); "
@@ -267,11 +321,16 @@ class ImageFolderDataset:
         path = self.files[index]
         try:
             image = load_image(path)
+            resized = self.preprocess.resized_pixels(*image.size)
+            if resized > MAX_IMAGE_PIXELS:
+                raise UnreadableImage(f"{image.width}x{image.height} pixels would be resized to {resized} pixels")
             return transform(image).numpy()
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self._skipped[str(path)] = reason[:200]
-            return None
+        except UnreadableImage as exc:
+            self._skipped[str(path)] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a decoder failing in an unforeseen way still only skips its file
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            self._skipped[str(path)] = f"{type(exc).__name__}: {detail}"[:200]
+        return None
 
     def iter_batches(self, batch_size: int) -> Iterator[Batch]:
         transform = self.preprocess.transform()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -190,24 +191,65 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _read_torch(path: Path) -> object:
+# The libraries whose pickled classes mean "a whole model was saved" rather than "code was planted".
+MODEL_LIBRARIES = ("torch", "timm", "torchvision", "__main__")
+
+
+def _check_zip(path: Path) -> None:
+    """torch.load trusts a checkpoint's zip records: check their CRCs (a flipped bit in the weights loads
+    silently otherwise) and their declared sizes (what it allocates) first."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format, or not a checkpoint at all: torch.load says which
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+            if declared > 4 * path.stat().st_size + (1 << 20):  # torch.save stores records uncompressed
+                raise UserError(
+                    f"--weights {path} would expand to {declared} bytes from {path.stat().st_size} (a zip bomb?); "
+                    "save the weights with torch.save(model.state_dict(), path)"
+                )
+            bad = zf.testzip()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile raises BadZipFile, zlib.error, EOFError, ... for damage
+        bad = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    if bad is not None:
+        raise UserError(f"--weights {path} is corrupted ({bad} fails its check); copy or save it again")
+
+
+def _read_torch(path: Path) -> object:
+    _check_zip(path)
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 4" and the like: the error below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found is None:  # not a pickle of objects: garbage or a damaged file
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
+        if found is None:  # not a pickle of objects: garbage, a damaged file, or a pickle torch.save did not write
             raise UserError(
-                f"--weights {path} is not a readable PyTorch checkpoint; it may be truncated or corrupted, save it again"
+                f"--weights {path} is not a readable PyTorch checkpoint ({_unpickling_detail(exc)}); it may be truncated, "
+                "corrupted or not written by torch.save: save it again with torch.save(model.state_dict(), path)"
             ) from None
+        name = found.group(1)
+        what = "a whole model?" if name.split(".")[0] in MODEL_LIBRARIES else "code that would run on loading"
         raise UserError(
-            f"--weights {path} holds pickled Python objects ({found.group(1)}: a whole model?), which resnet-deploy "
-            "never unpickles; save the weights instead: torch.save(model.state_dict(), 'weights.pth')"
+            f"--weights {path} holds pickled Python objects ({name}: {what}), which resnet-deploy never unpickles; "
+            "save the weights instead: torch.save(model.state_dict(), 'weights.pth')"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        detail = str(exc).splitlines()[0].split(". ")[0][:160] if str(exc) else type(exc).__name__
         raise UserError(
             f"--weights {path} is not a readable PyTorch checkpoint ({detail}); it may be truncated or corrupted, save it again"
         ) from None
+
+
+def _unpickling_detail(exc: Exception) -> str:
+    """The line of torch's weights-only error that names the problem (its other lines are boilerplate)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    useful = [line.removeprefix("WeightsUnpickler error:").strip() for line in lines if not line.startswith(boilerplate)]
+    useful = [line for line in useful if line]
+    return useful[0][:160] if useful else "not a weights-only pickle"
 
 
 def _normalise(raw: object, path: Path) -> dict[str, torch.Tensor]:

@@ -103,6 +103,18 @@ def quantized(fp32_onnx, calibration, example, tmp_path_factory):
     return models
 
 
+# What `resnet-deploy build` writes into OUT (FP32 only), sorted.
+BUILD_FILES = [
+    "model.folded.safetensors",
+    "model.folded.safetensors.json",
+    "model.fp32.onnx",
+    "model.fp32.onnx.json",
+    "report.html",
+    "report.json",
+    "report.md",
+]
+
+
 def build_args(workload, out: Path, *extra: str) -> list[str]:
     return [
         "build",
@@ -158,3 +170,11 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason=f"{missing_message(missing)} (on a GPU machine: scripts/gpu-check.sh)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+def one_error_line(result, message: str) -> str:
+    """A click result that refused with exit 2 and a single `error:` line containing `message`."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    return lines[0]

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from resnet_deploy.cli import cli
 from resnet_deploy.examples import digits
 
-from .conftest import build_args, run_cli
+from .conftest import BUILD_FILES, build_args, run_cli
 
 
 def invoke(*args: str):
@@ -20,16 +20,7 @@ def invoke(*args: str):
 def test_build_writes_everything(built):
     code, output, out = built
     assert code == 0, output
-    names = sorted(p.name for p in out.iterdir())
-    assert names == [
-        "model.folded.safetensors",
-        "model.folded.safetensors.json",
-        "model.fp32.onnx",
-        "model.fp32.onnx.json",
-        "report.html",
-        "report.json",
-        "report.md",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == BUILD_FILES
     assert "onnxruntime-fp32" in output and "pytorch-fp32" in output
     assert not list(out.parent.glob(".out.partial-*"))  # the staging folder was moved into place
 
@@ -100,7 +91,7 @@ def _bad_inputs(workload, tmp_path):
         "bad precision": (["--precision", "int4"], "unknown value 'int4'"),
         "bad provider": (["--providers", "rocm"], "unknown execution provider"),
         "bad batch sizes": (["--batch-sizes", "1,x"], "--batch-sizes"),
-        "zero threads": (["--threads", "0"], "--threads must be >= 1"),
+        "zero threads": (["--threads", "0"], "--threads must be between 1 and 1024, got 0"),
         "weights of 1000 classes": (["--num-classes", "1000"], "mis-shaped"),
     }
 
@@ -137,13 +128,13 @@ def test_config_file_with_flag_override(workload, tmp_path):
     config = tmp_path / "build.toml"
     config.write_text(f'arch = "resnet18"\nweights = "{workload.weights}"\nval_data = "{workload.val}"\nthreads = 0\n')
     result = invoke("build", "--config", str(config), "--out", str(tmp_path / "o"), "--input-size", "3x32x32")
-    assert result.exit_code == 2 and "--threads must be >= 1" in result.output
+    assert result.exit_code == 2 and "key 'threads' must be between 1 and 1024, got 0" in result.output
     config.write_text('arch = "resnet18"\nwieghts = "w.pth"\n')
     result = invoke("build", "--config", str(config))
     assert result.exit_code == 2 and "unknown key 'wieghts'" in result.output and "weights" in result.output
     config.write_text("arch = 18\n")
     result = invoke("build", "--config", str(config))
-    assert result.exit_code == 2 and "'arch' must be a str" in result.output
+    assert result.exit_code == 2 and "'arch' must be a string" in result.output
 
 
 @pytest.mark.parametrize("command", ["build", "fold", "export", "validate", "bench", "gate", "compare", "report"])

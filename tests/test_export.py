@@ -75,3 +75,11 @@ def test_old_opset_is_refused(loaded, val_images, tmp_path):
     with pytest.raises(UserError, match="opset 18 or newer"):
         export_onnx(folded, loaded.info, val_images[:4], tmp_path / "m.onnx", opset=13)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_opset_the_exporter_cannot_produce_is_refused(loaded, val_images, tmp_path):
+    """torch's exporter silently falls back to opset 18 for an opset it lacks: that is refused, not hidden."""
+    folded, _ = fold_batchnorm(loaded.module)
+    with pytest.raises(UserError, match=r"--opset 99 is not supported by the exporter \(it fell back to opset 18\)"):
+        export_onnx(folded, loaded.info, val_images[:4], tmp_path / "m.onnx", opset=99)
+    assert list(tmp_path.iterdir()) == []

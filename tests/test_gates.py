@@ -298,7 +298,7 @@ BAD_SETS = {
     "not a number": ("x.min_cosine=high", "is not a number"),
     "two values": ("x.min_cosine=0.9\ny = 2", "give one value after '='"),
     "out of range": ("x.min_top1_agreement=2", "must be between 0 and 1"),
-    "batch on a scalar key": ("x.min_cosine.8=0.9", "'min_cosine' is not per batch size; use x.min_cosine=VALUE"),
+    "batch on a scalar key": ("x.min_cosine.8=0.9", "'min_cosine' is not per batch size; use \"x.min_cosine=VALUE\""),
 }
 
 

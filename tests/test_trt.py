@@ -397,7 +397,7 @@ def test_require_engine_without_tensorrt_exits_2_before_writing(workload, tmp_pa
         (["--target", "tpu"], "--target: unknown value 'tpu'"),
         (["--require-engine"], "--require-engine applies to TensorRT engines; add --target tensorrt"),
         (["--target", "tensorrt", "--opt-batch-size", "64"], "--opt-batch-size 64 is outside 1..4"),
-        (["--target", "tensorrt", "--builder-optimization-level", "7"], "--builder-optimization-level must be 0..5"),
+        (["--target", "tensorrt", "--builder-optimization-level", "7"], "--builder-optimization-level must be between 0 and 5"),
         (["--target", "tensorrt", "--hardware-compat", "volta"], "--hardware-compat: unknown value 'volta'"),
         (["--target", "tensorrt", "--workspace-mib", "0"], "--workspace-mib must be between 1"),
     ],

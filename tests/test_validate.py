@@ -102,7 +102,7 @@ def test_changed_data_is_detected(tmp_path):
     dataset = _npz(tmp_path, 6, None)
     with ArrayRunner(ref, "ref") as runner:
         reference = ReferenceOutputs.compute(runner, dataset, 3)
-    with reference, ArrayRunner(ref) as runner, pytest.raises(RuntimeError, match="changed"):
+    with reference, ArrayRunner(ref) as runner, pytest.raises(UserError, match="changed"):
         validate(runner, dataset.select([0, 1, 2]), reference)
 
 

@@ -29,10 +29,13 @@ def module_path(node) -> str | None:
 
 
 def load_onnx(path: Path):
-    """The graph of an ONNX file without its weights' external data (for reading structure)."""
-    import onnx
+    """The graph of an ONNX file without its weights' external data (for reading structure).
 
-    return onnx.load(str(path), load_external_data=False)
+    Through the checked loader: an ONNX whose external data points outside its folder is refused.
+    """
+    from ..artifacts import read_onnx
+
+    return read_onnx(path)
 
 
 def excluded_nodes(model, pattern: str | None) -> list[str]:

@@ -51,13 +51,9 @@ class CalibrationOptions:
             raise UserError(f"--calib-size must be >= 1, got {self.size}")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise UserError(f"--percentile must be in (50, 100], got {self.percentile}")
+        check_percentile(self.percentile)
         if self.exclude_layers is not None:
-            try:
-                re.compile(self.exclude_layers)
-            except re.error as exc:
-                raise UserError(f"--exclude-layers {self.exclude_layers!r} is not a valid regular expression ({exc})") from None
+            check_regex(self.exclude_layers)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -69,12 +65,26 @@ class CalibrationOptions:
         }
 
 
-def parse_method(text: str) -> CalibrationMethod:
+def parse_method(text: str, option: str = "--calib-method") -> CalibrationMethod:
     try:
         return CalibrationMethod(text.strip().lower())
     except ValueError:
         valid = ", ".join(m.value for m in CalibrationMethod)
-        raise UserError(f"--calib-method: unknown method {text!r}; valid methods: {valid}") from None
+        raise UserError(f"{option}: unknown method {text!r}; valid methods: {valid}") from None
+
+
+def check_percentile(value: float, option: str = "--percentile") -> float:
+    if not 50.0 < value <= 100.0:
+        raise UserError(f"{option} must be in (50, 100], got {value}")
+    return float(value)
+
+
+def check_regex(text: str, option: str = "--exclude-layers") -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise UserError(f"{option} {text!r} is not a valid regular expression ({exc})") from None
+    return text
 
 
 # ---------------------------------------------------------------------------------------- the math

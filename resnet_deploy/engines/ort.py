@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import read_onnx
 from ..errors import MissingDependency, UserError
 from .base import Runner
 
@@ -16,12 +17,12 @@ PROVIDERS = {
 }
 
 
-def parse_providers(text: str) -> tuple[str, ...]:
+def parse_providers(text: str, option: str = "--providers") -> tuple[str, ...]:
     """'cuda,cpu' -> ('cuda', 'cpu'); the CPU provider is always last as the fallback."""
     names = []
     for part in (p.strip().lower() for p in text.split(",") if p.strip()):
         if part not in PROVIDERS:
-            raise UserError(f"--providers: unknown execution provider {part!r}; valid: {', '.join(PROVIDERS)}")
+            raise UserError(f"{option}: unknown execution provider {part!r}; valid: {', '.join(PROVIDERS)}")
         if part not in names:
             names.append(part)
     if "cpu" in names:
@@ -89,6 +90,7 @@ class OrtRunner(Runner):
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        read_onnx(self.onnx_path, option="ONNX file")  # refuses unsafe external data before ONNX Runtime reads it
         try:
             session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=wanted)
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
@@ -134,8 +136,7 @@ def describe_onnx(path: Path) -> tuple[str, str | None]:
     from ..artifacts import sidecar_path
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--onnx {path} does not exist; give the path of an ONNX model")
+    proto = read_onnx(path)  # checked even when a sidecar describes it
     side = sidecar_path(path)
     if side.is_file():
         try:
@@ -143,10 +144,6 @@ def describe_onnx(path: Path) -> tuple[str, str | None]:
             return str(meta["precision"]), meta.get("target")
         except (json.JSONDecodeError, KeyError, UnicodeDecodeError, TypeError):
             pass  # fall through to the graph
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for a non-ONNX file
-        raise UserError(f"--onnx {path} is not an ONNX model ({type(exc).__name__}); give a .onnx file") from None
     ops = {node.op_type for node in proto.graph.node}
     if "QuantizeLinear" in ops or "DequantizeLinear" in ops:
         return "int8", None
@@ -157,12 +154,7 @@ def describe_onnx(path: Path) -> tuple[str, str | None]:
 
 def onnx_input_shape(path: Path) -> tuple[int, int, int]:
     """(C, H, W) of the model's image input."""
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"--onnx {path} is not an ONNX model ({type(exc).__name__}); give a .onnx file") from None
+    proto = read_onnx(path)
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:

@@ -216,7 +216,7 @@ def parse_override(text: str) -> EngineGates:
     if _BATCH_KEY.fullmatch(last) and "." in head and before in SPEC_BY_KEY:
         (head, _, key), batch = head.rpartition("."), last
         if not SPEC_BY_KEY[key].per_batch:
-            raise UserError(f"{where}: {key!r} is not per batch size; use {head}.{key}=VALUE")
+            raise UserError(f"{where}: {key!r} is not per batch size; use {json.dumps(f'{head}.{key}=VALUE')}")
     else:
         key = last
     if not head:

@@ -82,6 +82,11 @@ def export_onnx(
     with atomic_path(path) as tmp:
         _export(folded.eval(), example, tmp, opset)
         proto = onnx.load(str(tmp))
+        opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if opset is not None and opset_used != opset:  # the exporter falls back silently for opsets it lacks
+            raise UserError(
+                f"--opset {opset} is not supported by the exporter (it fell back to opset {opset_used}); choose a lower --opset"
+            )
         _add_metadata(proto, model)
         onnx.save(proto, str(tmp))
         try:
@@ -94,7 +99,6 @@ def export_onnx(
                 f"ONNX Runtime disagrees with PyTorch after export: max relative error {parity.max_rel_diff:.3g} "
                 f"(max abs {parity.max_abs_diff:.3g}) is above {parity.tolerance:g}; try another --opset"
             )
-        opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         bn_nodes = sum(1 for n in proto.graph.node if n.op_type == "BatchNormalization")
         digest = sha256_file(tmp)
     artifact = OnnxArtifact(

@@ -63,14 +63,23 @@ def _pct(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
-    """Cells are already escaped HTML; the first `text_columns` are left-aligned."""
+    """Cells are already escaped HTML; the first `text_columns` are left-aligned.
+
+    A row shorter than the header ends in a left-aligned cell spanning the remaining columns (a message).
+    """
     head = f"<thead><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr></thead>" if any(header) else ""
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="text">{c}</td>' if i < text_columns else f"<td>{c}</td>" for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
+
+    def cells(row: list[str]) -> str:
+        out = []
+        for i, c in enumerate(row):
+            span = len(header) - len(row) + 1 if header and i == len(row) - 1 and len(row) < len(header) else 1
+            if span > 1:
+                out.append(f'<td class="text" colspan="{span}">{c}</td>')
+            else:
+                out.append(f'<td class="text">{c}</td>' if i < text_columns else f"<td>{c}</td>")
+        return "".join(out)
+
+    body = "".join(f"<tr>{cells(row)}</tr>" for row in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
@@ -152,7 +161,10 @@ def _draw_throughput(entries: list[dict[str, Any]]):
         for i, entry in enumerate(entries):
             rows = sorted((r for r in entry["latency"] if r.get("throughput_ips") is not None), key=lambda r: r["batch_size"])
             ax.plot(
-                [r["batch_size"] for r in rows], [r["throughput_ips"] for r in rows], label=entry["name"], **_entry_style(entry, i)
+                [r["batch_size"] for r in rows],
+                [r["throughput_ips"] for r in rows],
+                label=entry["name"],
+                **_entry_style(entry, i),
             )
         if len(sizes) > 2 and sizes[-1] / sizes[0] >= 8:
             ax.set_xscale("log", base=2)
@@ -271,9 +283,7 @@ def _accuracy_section(report: dict[str, Any]) -> str:
         acc = engine.get("accuracy")
         if engine.get("error") or acc is None:
             why = engine.get("error") or "not validated"
-            rows.append(
-                [_esc(engine["name"]), _esc(engine.get("precision", "")), f'<span class="fail">{_esc(why)}</span>'] + [""] * 9
-            )
+            rows.append([_esc(engine["name"]), _esc(engine.get("precision", "")), f'<span class="fail">{_esc(why)}</span>'])
             continue
         nonfinite = acc.get("nonfinite_outputs") or 0
         rows.append([

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..data import Dataset
 from ..engines.base import Runner
+from ..errors import UserError
 from ..progress import Progress
 
 
@@ -176,14 +177,19 @@ def validate(
     batches = dataset.iter_batches(batch_size)
     for batch in progress.track(batches, total=_num_batches(dataset, batch_size), description=f"validate {runner.name}"):
         out = runner.infer(batch.images)
+        if out.shape[1] != reference.logits.shape[1]:
+            raise UserError(
+                f"{runner.name} outputs {out.shape[1]} classes, the reference {reference.logits.shape[1]}; "
+                "give the model exported from these weights"
+            )
         end = row + len(out)
         if end > reference.count or not np.array_equal(reference.ids[row:end], _id_hashes(batch.ids)):
-            raise RuntimeError("the validation data changed while it was being read; run again on stable files")
+            raise UserError("the validation data changed while it was being read; run again on stable files")
         labels = None if reference.labels is None else reference.labels[row:end]
         tally.add(np.asarray(reference.logits[row:end]), out, labels)
         row = end
     if row != reference.count:
-        raise RuntimeError("the validation data changed while it was being read; run again on stable files")
+        raise UserError("the validation data changed while it was being read; run again on stable files")
     return tally.result()
 
 

@@ -1,0 +1,181 @@
+"""Interrupted and concurrent builds, with real processes of the installed console script.
+
+A build writes into a hidden staging folder beside OUT and moves it into place at the end. SIGINT or
+SIGTERM at any stage (folding, export, validation) must leave no OUT at all (or the previous one,
+untouched), and the same command must then complete. SIGKILL leaves a hidden staging folder that the
+next build removes. Two builds into one OUT: the second refuses, never a mixed folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from resnet_deploy.artifacts import _signals_deferred, staged_output_dir
+from resnet_deploy.errors import UserError
+
+from .conftest import BUILD_FILES, build_args, console_script
+
+# Files that appear in the staging folder as the build goes: waiting for one means the stage after it runs.
+STAGES = {
+    "fold": None,  # the staging folder exists: BN folding runs
+    "export": "model.folded.safetensors.json",  # the folded model is written: ONNX export runs
+    "validate": "model.fp32.onnx.json",  # the ONNX is written and checked: validation runs
+}
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    # A shell running us in the background may ignore SIGINT, and Python keeps an ignored SIGINT ignored.
+    return subprocess.Popen(
+        [str(console_script()), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def _staging(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.partial-*"))
+
+
+def _wait_for_stage(proc: subprocess.Popen, out: Path, stage: str, timeout: float = 300) -> None:
+    marker = STAGES[stage]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        staging = _staging(out)
+        if staging and (marker is None or (staging[-1] / marker).exists()):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the build ended (exit {proc.returncode}) before {stage}: {proc.stderr.read()}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"the build did not reach {stage} in {timeout} s")
+
+
+def _interrupt(args: list[str], out: Path, stage: str, sig: signal.Signals) -> subprocess.CompletedProcess:
+    proc = _start(args)
+    _wait_for_stage(proc, out, stage)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+
+
+def _check_complete(out: Path) -> None:
+    """OUT is one whole build: the expected files, each artifact matching its sidecar's sha256."""
+    assert sorted(p.name for p in out.iterdir()) == BUILD_FILES
+    digests = _digests(out)
+    for name in ("model.folded.safetensors", "model.fp32.onnx"):
+        assert json.loads((out / f"{name}.json").read_text())["sha256"] == digests[name]
+    report = json.loads((out / "report.json").read_text())
+    assert report["engines"][0]["accuracy"]["top1_agreement"] == 1.0
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and not p.name.endswith(".lock"))
+
+
+def test_interrupted_builds_leave_nothing_and_the_same_command_completes(workload, tmp_path):
+    out = tmp_path / "out"
+    args = build_args(workload, out, "--batch-sizes", "1", "--iterations", "5", "--warmup", "1")
+    verbose = [a for a in args if a != "--quiet"]  # rich's console on stderr must not swallow the signal either
+    for stage, sig, command in (("fold", signal.SIGINT, args), ("export", signal.SIGTERM, verbose)):
+        proc = _interrupt(command, out, stage, sig)
+        assert proc.returncode == 130, (stage, proc.stderr)
+        assert "interrupted: no output was left half written" in proc.stderr and "Traceback" not in proc.stderr
+        assert not out.exists() and _leftovers(out) == [], (stage, _leftovers(out))
+
+    proc = _interrupt(args, out, "validate", signal.SIGKILL)  # no cleanup possible: a hidden folder stays
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists() and len(_staging(out)) == 1
+
+    proc = subprocess.run([str(console_script()), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    _check_complete(out)
+    assert _leftovers(out) == []  # the killed build's staging folder was removed
+
+    # With --force, an interrupted rebuild leaves the previous build exactly as it was.
+    before = _digests(out)
+    proc = _interrupt([*args, "--force"], out, "validate", signal.SIGTERM)
+    assert proc.returncode == 130, proc.stderr
+    assert _digests(out) == before and _leftovers(out) == []
+
+
+def test_second_build_into_the_same_out_refuses(workload, tmp_path):
+    out = tmp_path / "out"
+    # The first build times more iterations so that it is still running when the second reaches the lock.
+    first = _start(build_args(workload, out, "--batch-sizes", "1", "--iterations", "150", "--warmup", "1"))
+    _wait_for_stage(first, out, "fold")
+    second = subprocess.run(
+        [str(console_script()), *build_args(workload, out, "--batch-sizes", "1", "--iterations", "5", "--force")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    first_out, first_err = first.communicate(timeout=600)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 2, second.stderr
+    # Normally the lock; "already exists" only if the first build finished before the second got there.
+    still_running = "another resnet-deploy build is writing" in second.stderr
+    assert still_running or "already exists" in second.stderr, second.stderr
+    _check_complete(out)
+    assert json.loads((out / "report.json").read_text())["engines"][0]["latency"][0]["batch_size"] == 1
+    assert _leftovers(out) == []
+
+
+# ------------------------------------------------------------------- the same, in-process and exact
+
+
+def test_lock_refuses_a_second_writer(tmp_path):
+    out = tmp_path / "out"
+    with staged_output_dir(out, force=False) as stage:
+        (stage / "a.txt").write_text("first")
+        with pytest.raises(UserError, match="another resnet-deploy build is writing"):
+            with staged_output_dir(out, force=True):
+                pass
+    assert (out / "a.txt").read_text() == "first"
+
+
+def test_a_signal_during_the_final_swap_waits_for_it(tmp_path, monkeypatch):
+    """SIGINT between 'move the old build aside' and 'move the new one in' is held until both are done."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("previous build")
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_interrupt(src, dst):
+        calls.append(Path(dst).name)
+        real_replace(src, dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives right after the previous build was moved aside
+
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output_dir(out, force=True) as stage:
+            (stage / "new.txt").write_text("new build")
+            monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    monkeypatch.undo()
+    assert calls == ["previous", "out"]
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and _leftovers(out) == []
+
+
+def test_signals_deferred_delivers_after_the_block():
+    received = []
+    with pytest.raises(KeyboardInterrupt):
+        with _signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            received.append("block finished")
+    assert received == ["block finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
