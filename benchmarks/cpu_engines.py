@@ -3,16 +3,27 @@
     python benchmarks/cpu_engines.py            # the full run (a few minutes; ModelOpt's own calibration ~2 min)
     python benchmarks/cpu_engines.py --quick    # a smoke run: fewer iterations and calibration images
 
-Part 1, latency. Engines: PyTorch eager FP32, PyTorch with BatchNorm folded, ONNX Runtime FP32, INT8 for
-the onnxruntime target, INT8 for the tensorrt target (run by ONNX Runtime on the CPU), FP16 (AutoCast).
+Part 1, latency. Engines: PyTorch eager FP32, PyTorch with BatchNorm folded, then each ONNX model on ONNX
+Runtime and on OpenVINO: FP32, INT8 for the onnxruntime target (U8S8), INT8 for the tensorrt target (S8S8),
+FP16 (AutoCast). OpenVINO also in bfloat16 (`openvino-bf16`: the FP32 model at OpenVINO's default inference
+precision on CPUs with bf16, shown apart because it is not FP32), and FP32 and INT8 compiled once for every
+batch size (`--openvino-shapes dynamic`) against the default, one compiled model per batch size.
+The peer: OpenVINO + NNCF used directly on the same FP32 ONNX, as NNCF's documentation shows
+(`nncf.quantize` on the model OpenVINO read, the same calibration images, compiled with OpenVINO's defaults
+and the same thread count), once as read (dynamic batch) and once reshaped to each batch size (static).
 Each engine runs in its own warmed block (all batch sizes), the blocks in rounds: thread pools that spin
-after work (PyTorch's OpenMP, ONNX Runtime's) steal the cores from the next engine when calls are
-interleaved one by one. Printed: the median over all rounds, the speed-up over PyTorch eager, and the
-achieved GMAC/s (multiply-accumulates of the Conv and Gemm layers, counted from the ONNX graph).
+after work (PyTorch's OpenMP, ONNX Runtime's, OpenVINO's) steal the cores from the next engine when calls
+are interleaved one by one. Printed: the median over all rounds, the speed-up over PyTorch eager, the
+achieved GMAC/s (multiply-accumulates of the Conv and Gemm layers, counted from the ONNX graph), the ratio
+of each INT8 engine to the peer, and the goal: our fastest INT8 engine against the faster peer variant, per
+batch size (<= 1.00 means no slower). Last, what OpenVINO executes for each model (nodes of its executed
+graph, compute layers by precision): the structural comparison of the INT8 recipes, which timing noise
+cannot blur.
 
 Part 2, the INT8 quantize step with N calibration images (entropy): our one statistics pass plus both
-quantizers, against one plain FP32 pass over the same images and against ModelOpt's own entropy
-calibration (`modelopt.onnx.quantization.quantize`, which calibrates inside ONNX Runtime's calibrator).
+quantizers, against one plain FP32 pass over the same images, against ModelOpt's own entropy calibration
+(`modelopt.onnx.quantization.quantize`, which calibrates inside ONNX Runtime's calibrator) and against
+NNCF's own quantization (`nncf.quantize`, min-max statistics plus fast bias correction), which part 1 runs.
 
 Numbers depend on the machine and on what else runs on it: run on a quiet machine.
 """
@@ -33,9 +44,10 @@ from resnet_deploy.calibration.calibrate import CalibrationSet, calibrate
 from resnet_deploy.calibration.fp16 import convert_fp16
 from resnet_deploy.calibration.methods import CalibrationOptions
 from resnet_deploy.calibration.quantize import captured_output, quantize_int8
-from resnet_deploy.config import Target
+from resnet_deploy.config import OpenVINOOptions, ShapeMode, Target
 from resnet_deploy.data import NpzDataset
 from resnet_deploy.engines.base import Runner
+from resnet_deploy.engines.openvino import OpenVINORunner, executed
 from resnet_deploy.engines.ort import OrtRunner
 from resnet_deploy.engines.pytorch import PyTorchRunner
 from resnet_deploy.models import create_model, load_model, resolve_arch
@@ -85,7 +97,7 @@ def prepare(folder: Path, calib_images: int, threads: int):
 
 
 def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt: bool):
-    """Seconds for: a plain FP32 pass, our statistics pass, each quantizer; ModelOpt's own entropy flow."""
+    """Seconds for: a plain FP32 pass, our statistics pass, each quantizer; ModelOpt's and NNCF's own flows."""
     seconds: dict[str, float] = {}
     with OrtRunner(fp32.path, "fp32-pass", "fp32", threads=threads) as runner:
         started = time.perf_counter()
@@ -103,10 +115,10 @@ def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt:
         quantize_int8(fp32, calibration, target, folder / f"model.int8-{target}.onnx", image)
         seconds[f"quantize {target} (ranges given)"] = time.perf_counter() - started
     seconds["ours: statistics + both targets"] = sum(v for k, v in seconds.items() if k.startswith(("statistics", "quantize")))
+    data = np.concatenate([b.images for b in dataset.iter_batches(64)])
     if with_modelopt:
         import modelopt.onnx.quantization as moq
 
-        data = np.concatenate([b.images for b in dataset.iter_batches(64)])
         started = time.perf_counter()
         with captured_output():
             moq.quantize(
@@ -120,19 +132,95 @@ def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt:
                 log_level="ERROR",
             )
         seconds["ModelOpt's own entropy calibration (tensorrt only)"] = time.perf_counter() - started
+    started = time.perf_counter()
+    nncf_quantize(fp32.path, data, folder / NNCF_IR)
+    seconds["NNCF's own quantization (OpenVINO IR, the peer)"] = time.perf_counter() - started
     return seconds, calibration
+
+
+NNCF_IR = "model.int8-nncf.xml"
+
+
+def nncf_quantize(onnx_path: Path, images: np.ndarray, xml_path: Path) -> None:
+    """OpenVINO + NNCF as NNCF's documentation shows: read the FP32 ONNX, quantize with the calibration images."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(onnx_path))
+    dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
+    with captured_output():
+        quantized = nncf.quantize(model, dataset, subset_size=len(images))
+    ov.save_model(quantized, str(xml_path))
+
+
+class OpenVINOPeer(Runner):
+    """The peer: NNCF's OpenVINO model compiled with OpenVINO's defaults (only the thread count set).
+
+    `static` reshapes it to each batch size before compiling (what our OpenVINO engine does by default),
+    else it runs as read, with the ONNX's dynamic batch axis.
+    """
+
+    backend = "openvino"
+
+    def __init__(self, xml_path: Path, name: str, threads: int, static: bool) -> None:
+        super().__init__(name, "int8", "openvino")
+        self.xml_path, self.threads, self.static = xml_path, threads, static
+
+    def _activate(self) -> None:
+        import openvino as ov
+
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(self.xml_path))
+        self._requests: dict[int | None, object] = {}
+
+    def _deactivate(self) -> None:
+        self._requests, self._model, self._core = {}, None, None
+
+    def prepare(self, batch_size: int) -> None:
+        key = batch_size if self.static else None
+        if key not in self._requests:
+            model = self._model
+            if self.static:
+                model = model.clone()
+                model.reshape([batch_size, *SHAPE])
+            compiled = self._core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads})
+            self._requests[key] = compiled.create_infer_request()
+            self.inference_precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+            self.executed = executed(compiled)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        self.prepare(len(batch))
+        return self._requests[len(batch) if self.static else None].infer({0: batch}, share_inputs=True)[0]
 
 
 def engines(model, folded, folder: Path, fp32, threads: int, calibration) -> list[Runner]:
     fp16 = convert_fp16(fp32, calibration, folder / "model.fp16.onnx")
+    int8 = folder / "model.int8-onnxruntime.onnx"
+    int8_trt = folder / "model.int8-tensorrt.onnx"
+    ov, dynamic = OpenVINOOptions(), OpenVINOOptions(shapes=ShapeMode.DYNAMIC)
     return [
         PyTorchRunner(model.module, "pytorch-eager-fp32", threads),
         PyTorchRunner(folded, "pytorch-bn-folded-fp32", threads),
         OrtRunner(fp32.path, "onnxruntime-fp32", "fp32", threads=threads),
-        OrtRunner(folder / "model.int8-onnxruntime.onnx", "onnxruntime-int8", "int8", "onnxruntime", threads=threads),
-        OrtRunner(folder / "model.int8-tensorrt.onnx", "onnxruntime-int8-tensorrt", "int8", "tensorrt", threads=threads),
+        OpenVINORunner(fp32.path, "openvino-fp32", "fp32", threads=threads, options=ov),
+        OpenVINORunner(fp32.path, DYNAMIC_FP32, "fp32", threads=threads, options=dynamic),
+        OpenVINORunner(fp32.path, "openvino-bf16", "bf16", threads=threads, options=ov),
+        OrtRunner(int8, "onnxruntime-int8", "int8", "onnxruntime", threads=threads),
+        OpenVINORunner(int8, "openvino-int8", "int8", "onnxruntime", threads=threads, options=ov),
+        OpenVINORunner(int8, DYNAMIC_INT8, "int8", "onnxruntime", threads=threads, options=dynamic),
+        OrtRunner(int8_trt, "onnxruntime-int8-tensorrt", "int8", "tensorrt", threads=threads),
+        OpenVINORunner(int8_trt, "openvino-int8-tensorrt", "int8", "tensorrt", threads=threads, options=ov),
+        OpenVINOPeer(folder / NNCF_IR, PEER_DYNAMIC, threads, static=False),
+        OpenVINOPeer(folder / NNCF_IR, PEER_STATIC, threads, static=True),
         OrtRunner(fp16.path, "onnxruntime-fp16", "fp16", threads=threads),
+        OpenVINORunner(fp16.path, "openvino-fp16", "fp16", threads=threads, options=ov),
     ]
+
+
+DYNAMIC_FP32 = "openvino-fp32 (dynamic shapes)"  # the default compiles per batch size: is that faster?
+DYNAMIC_INT8 = "openvino-int8 (dynamic shapes)"
+PEER_DYNAMIC = "peer: openvino+nncf (as read)"
+PEER_STATIC = "peer: openvino+nncf (static)"
 
 
 def run_rounds(runners: list[Runner], batch_sizes, rounds: int, warmup: int, iterations: int) -> dict:
@@ -143,6 +231,7 @@ def run_rounds(runners: list[Runner], batch_sizes, rounds: int, warmup: int, ite
         for runner in runners:
             with runner:
                 for batch_size in batch_sizes:
+                    runner.prepare(batch_size)
                     timed, _ = time_calls(runner, make_batch(images, batch_size), warmup, iterations, max_seconds=120.0)
                     samples.setdefault((runner.name, batch_size), []).extend(timed.tolist())
         print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
@@ -161,6 +250,50 @@ def print_latency(samples: dict, runners: list[Runner], batch_sizes, macs: int) 
             speedup = float(np.median(samples[(eager, b)])) / median
             cells += [f"{median:.2f}", f"{speedup:.2f}x", f"{macs * b / median / 1e6:.1f}"]
         print(f"| {runner.name} | " + " | ".join(cells) + " |")
+
+
+def print_executed(runners: list[Runner]) -> None:
+    """What OpenVINO runs for each model (its executed graph): a comparison that timing noise cannot blur."""
+    print("\n## What OpenVINO executes (from its executed graph, last batch size)\n")
+    print("| engine | executed nodes | compute layers by precision (u8/i8: INT8 kernels) |")
+    print("|---|---:|---|")
+    for runner in runners:
+        graph = (
+            runner.executed
+            if isinstance(runner, OpenVINOPeer)
+            else runner.describe().get("executed")
+            if runner.backend == "openvino"
+            else None
+        )
+        if graph:
+            layers = "; ".join(
+                f"{kind} {', '.join(f'{n} {p}' for p, n in sorted(counts.items()))}"
+                for kind, counts in graph["compute_layers"].items()
+            )
+            print(f"| {runner.name} | {graph['nodes']} | {layers} |")
+
+
+def print_goal(samples: dict, runners: list[Runner], batch_sizes) -> None:
+    """Each OpenVINO INT8 recipe against the peer, and the goal: our fastest INT8 engine vs the faster peer variant."""
+    median = {key: float(np.median(values)) for key, values in samples.items()}
+    ours = [r.name for r in runners if r.precision == "int8" and not isinstance(r, OpenVINOPeer)]
+    print("\n## INT8 on the CPU: ratio to OpenVINO + NNCF used directly (< 1.00: faster than the peer)\n")
+    print("| engine | " + " | ".join(f"b{b} vs peer as read | b{b} vs peer static" for b in batch_sizes) + " |")
+    print("|---|" + "---:|" * (2 * len(batch_sizes)))
+    for name in ours:
+        cells = [f"{median[(name, b)] / median[(peer, b)]:.2f}" for b in batch_sizes for peer in (PEER_DYNAMIC, PEER_STATIC)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    for b in batch_sizes:
+        best = min(ours, key=lambda name: median[(name, b)])
+        peer = min((PEER_DYNAMIC, PEER_STATIC), key=lambda name: median[(name, b)])
+        ratio = median[(best, b)] / median[(peer, b)]
+        verdict = "no slower" if ratio <= 1.0 else "SLOWER"
+        times = f"{best} {median[(best, b)]:.2f} ms vs {peer} {median[(peer, b)]:.2f} ms"
+        print(f"- goal, batch {b}: {times}: {ratio:.2f} ({verdict})")
+    for static, dynamic in (("openvino-fp32", DYNAMIC_FP32), ("openvino-int8", DYNAMIC_INT8)):
+        ratios = ", ".join(f"b{b} {median[(static, b)] / median[(dynamic, b)]:.2f}" for b in batch_sizes)
+        print(f"- {static}, static shapes (the default) / dynamic: {ratios} (< 1.00: static is faster)")
 
 
 def main() -> int:
@@ -199,6 +332,10 @@ def main() -> int:
             )
             samples = run_rounds(runners, batch_sizes, args.rounds, args.warmup, args.iterations)
             print_latency(samples, runners, batch_sizes, macs)
+            print_goal(samples, runners, batch_sizes)
+            print_executed(runners)
+            peer = next(r for r in runners if isinstance(r, OpenVINOPeer))
+            print(f"\nThe peer ran with inference precision {peer.inference_precision} (OpenVINO's default on this CPU).")
     return 0
 
 

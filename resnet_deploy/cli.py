@@ -141,6 +141,46 @@ def _selection(options: dict[str, Any]):
     return SelectionOptions(Path(options["select_data"]) if options.get("select_data") else None, options["select_size"])
 
 
+def _engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--engines and the OpenVINO settings, shared by `build`, `validate` and `bench`."""
+    options = [
+        click.option(
+            "--engines",
+            help="CPU engines that run the ONNX models, comma-separated: onnxruntime, openvino "
+            "(default: onnxruntime, plus openvino when it is installed).",
+        ),
+        click.option("--openvino-hint", default="latency", show_default=True, help="OpenVINO: latency or throughput."),
+        click.option("--openvino-streams", type=int, help="OpenVINO: parallel inference streams (default: the hint's)."),
+        click.option(
+            "--openvino-cache-dir",
+            type=click.Path(path_type=Path),
+            help="OpenVINO: folder for compiled models, loaded from there on the next start.",
+        ),
+        click.option(
+            "--openvino-shapes",
+            default="static",
+            show_default=True,
+            help="OpenVINO: static (one compiled model per batch size; faster) or dynamic (one for all).",
+        ),
+        click.option("--openvino-bf16", is_flag=True, help="OpenVINO: also run the FP32 model in bfloat16 (openvino-bf16)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _openvino_options(options: dict[str, Any]):
+    from .config import OpenVINOOptions, PerformanceHint, ShapeMode, parse_choice
+
+    return OpenVINOOptions(
+        hint=parse_choice(PerformanceHint, options["openvino_hint"], "--openvino-hint"),
+        streams=options.get("openvino_streams"),
+        cache_dir=Path(options["openvino_cache_dir"]) if options.get("openvino_cache_dir") else None,
+        shapes=parse_choice(ShapeMode, options["openvino_shapes"], "--openvino-shapes"),
+        bf16=bool(options.get("openvino_bf16")),
+    )
+
+
 @cli.command(epilog=EPILOG_BUILD)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file of these options (flags override).")
 @click.option("--arch", help="ResNet-family architecture (timm or torchvision name, e.g. resnet50).")
@@ -164,7 +204,8 @@ def _selection(options: dict[str, Any]):
 @click.option("--exclude-layers", help="Regex of node names / module paths kept in higher precision (e.g. '^conv1$|^fc$').")
 @click.option("--calib-cache", type=click.Path(path_type=Path), help="calib.json of an earlier run: reused when nothing changed.")
 @click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime execution providers: cpu, cuda, tensorrt.")
-@click.option("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime (default: all cores).")
+@click.option("--threads", type=int, help="CPU threads for PyTorch, ONNX Runtime and OpenVINO (default: all cores).")
+@_engine_options
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Batch size for validation.")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to benchmark.")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Warm-up calls per batch size.")
@@ -217,6 +258,7 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         Target,
         TensorRTOptions,
         load_toml_options,
+        parse_engines,
         parse_enum_list,
         parse_hardware_compat,
         parse_input_size,
@@ -246,6 +288,8 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         precisions=parse_enum_list(Precision, options["precision"], "--precision"),
         targets=parse_enum_list(Target, options["target"], "--target"),
         providers=parse_providers(options["providers"]),
+        engines=parse_engines(options.get("engines")),
+        openvino=_openvino_options(options),
         threads=options.get("threads"),
         batch_size=options["batch_size"],
         opset=options.get("opset"),
@@ -768,8 +812,10 @@ def _console():
     return console if console.is_terminal else Console(width=200)  # a log file or a pipe: do not squeeze tables
 
 
-def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], providers: str, threads: int | None):
-    """ONNX Runtime runners for --onnx files and TensorRT runners for --engine files (at least one)."""
+def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], providers: str, threads: int | None, options):
+    """Runners for --onnx files on each engine of --engines and TensorRT runners for --engine files (at least one)."""
+    from .config import Engine, parse_engines
+    from .engines.openvino import OpenVINORunner
     from .engines.ort import OrtRunner, describe_onnx, ort_backend_label, parse_providers
     from .engines.trt import TensorRTRunner
     from .pipeline.report import engine_name
@@ -777,11 +823,19 @@ def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], provi
     if not onnx_paths and not engine_paths:
         raise UserError("give at least one --onnx model or --engine file")
     chain = parse_providers(providers)
+    engines = parse_engines(options.get("engines"))
+    openvino = _openvino_options(options)
+    if openvino.bf16 and Engine.OPENVINO not in engines:
+        raise UserError("--openvino-bf16 adds an OpenVINO engine; add openvino to --engines")
     runners = []
     for path in onnx_paths:
         precision, target = describe_onnx(path)
-        name = engine_name(ort_backend_label(chain), precision, target)
-        runners.append(OrtRunner(path, name, precision, target, chain, threads))
+        if Engine.ONNXRUNTIME in engines:
+            name = engine_name(ort_backend_label(chain), precision, target)
+            runners.append(OrtRunner(path, name, precision, target, chain, threads))
+        if Engine.OPENVINO in engines:
+            compute = [precision, "bf16"] if openvino.bf16 and precision == "fp32" else [precision]
+            runners += [OpenVINORunner(path, engine_name("openvino", p, target), p, target, threads, openvino) for p in compute]
     runners += [TensorRTRunner(path) for path in engine_paths]
     return runners
 
@@ -815,11 +869,24 @@ def _input_shape(runner) -> tuple[int, int, int]:
 @click.option("--input-size", help="CxHxW (default: the arch's).")
 @click.option("--providers", default="cpu", show_default=True)
 @click.option("--threads", type=int)
+@_engine_options
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
 @_common
 def validate(
-    progress, arch, weights, onnx_paths, engine_paths, val_data, num_classes, input_size, providers, threads, batch_size, json_out
+    progress,
+    arch,
+    weights,
+    onnx_paths,
+    engine_paths,
+    val_data,
+    num_classes,
+    input_size,
+    providers,
+    threads,
+    batch_size,
+    json_out,
+    **engine_options,
 ) -> int:
     """Accuracy of engines against the PyTorch reference (and labels, when the data has them)."""
     from .artifacts import write_json_atomic
@@ -837,13 +904,14 @@ def validate(
             want = "x".join(map(str, shape))
             raise UserError(f"--onnx {path} takes {want} images, not {'x'.join(map(str, size))}; pass --input-size {want}")
     dataset = open_dataset(val_data, model.preprocess)
-    runners = _runners(onnx_paths, engine_paths, providers, threads)
+    runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options)
     accuracies = validate_all(
         PyTorchRunner(model.module, threads=threads), runners, dataset, model.num_classes, batch_size, progress
     )
     rows = [
         {
             "name": r.name,
+            "backend": r.backend,
             "precision": r.precision,
             "target": r.target,
             "path": _runner_path(r),
@@ -870,13 +938,26 @@ def validate(
 @click.option("--data", type=click.Path(path_type=Path), help="Images or .npz to time on (default: random inputs).")
 @click.option("--providers", default="cpu", show_default=True)
 @click.option("--threads", type=int)
+@_engine_options
 @click.option("--batch-sizes", default="1,8", show_default=True)
 @click.option("--warmup", type=int, default=10, show_default=True)
 @click.option("--iterations", type=int, default=50, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
 @_common
 def bench(
-    progress, onnx_paths, engine_paths, arch, weights, data, providers, threads, batch_sizes, warmup, iterations, json_out
+    progress,
+    onnx_paths,
+    engine_paths,
+    arch,
+    weights,
+    data,
+    providers,
+    threads,
+    batch_sizes,
+    warmup,
+    iterations,
+    json_out,
+    **engine_options,
 ) -> int:
     """Latency percentiles and throughput of engines (and the PyTorch reference), each in its own block."""
     import numpy as np
@@ -889,7 +970,7 @@ def bench(
     from .pipeline.benchmark import benchmark_all
 
     options = BenchmarkOptions(parse_int_list(batch_sizes, "--batch-sizes"), warmup, iterations)
-    runners = _runners(onnx_paths, engine_paths, providers, threads)
+    runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options)
     shape = _input_shape(runners[0])
     if bool(arch) != bool(weights):
         raise UserError("--arch and --weights go together (they add the PyTorch reference); give both or neither")
@@ -902,7 +983,15 @@ def bench(
         images = np.random.default_rng(0).standard_normal((max(options.batch_sizes), *shape), dtype=np.float32)
     latencies = benchmark_all(runners, images, options, progress)
     rows = [
-        {"name": r.name, "precision": r.precision, "target": r.target, "accuracy": None, "latency": [x.as_dict() for x in lat]}
+        {
+            "name": r.name,
+            "backend": r.backend,
+            "precision": r.precision,
+            "target": r.target,
+            "accuracy": None,
+            "latency": [x.as_dict() for x in lat],
+            "details": r.describe(),
+        }
         for r, lat in zip(runners, latencies)
     ]
     _print_summary({"reference": {"name": "", "latency": []}, "engines": rows})

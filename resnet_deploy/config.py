@@ -36,6 +36,96 @@ class Target(enum.StrEnum):
         return self.value
 
 
+class Engine(enum.StrEnum):
+    """A CPU runtime that runs the ONNX models (`--engines`); TensorRT engines come with `--target tensorrt`."""
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+
+
+def default_engines() -> tuple[Engine, ...]:
+    """ONNX Runtime, plus OpenVINO when it can be imported here (quietly left out when not)."""
+    from .engines.openvino import openvino_missing
+
+    return (Engine.ONNXRUNTIME,) if openvino_missing() else (Engine.ONNXRUNTIME, Engine.OPENVINO)
+
+
+def parse_engines(text: str | None) -> tuple[Engine, ...]:
+    """'onnxruntime,openvino' -> (Engine.ONNXRUNTIME, Engine.OPENVINO); None or '' -> the default.
+
+    An engine asked for by name that cannot run here is an error (exit 2), not a silent skip.
+    """
+    if text is None or not text.strip():
+        return default_engines()
+    engines = parse_enum_list(Engine, text, "--engines")
+    if Engine.OPENVINO in engines:
+        from .engines.openvino import require_openvino
+
+        require_openvino("--engines openvino")
+    return engines
+
+
+class PerformanceHint(enum.StrEnum):
+    """OpenVINO's performance hint: one request as fast as possible, or many requests in parallel streams."""
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
+
+
+class ShapeMode(enum.StrEnum):
+    """How OpenVINO compiles the batch axis: one model per batch size seen (static), or one for all (dynamic)."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+MAX_STATIC_SHAPES = 8  # compiled batch sizes an OpenVINO runner keeps (least recently used is dropped)
+
+
+@dataclass(frozen=True)
+class OpenVINOOptions:
+    """How OpenVINO compiles and runs the ONNX models on the CPU. None means OpenVINO's default.
+
+    Every model is compiled with inference precision f32: OpenVINO's CPU plugin otherwise runs FP32
+    layers in bfloat16 on CPUs that have it (its default there), which is not the FP32 model that was
+    validated. `bf16` adds an engine that does exactly that, named `openvino-bf16`.
+    """
+
+    hint: PerformanceHint = PerformanceHint.LATENCY
+    streams: int | None = None  # parallel inference streams (default: what the hint chooses)
+    cache_dir: Path | None = None  # compiled models are stored here and loaded on the next start
+    shapes: ShapeMode = ShapeMode.STATIC
+    bf16: bool = False  # also run the FP32 model with bfloat16 inference precision (`openvino-bf16`)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hint, PerformanceHint):
+            raise UserError(f"--openvino-hint: expected one of {', '.join(h.value for h in PerformanceHint)}")
+        if not isinstance(self.shapes, ShapeMode):
+            raise UserError(f"--openvino-shapes: expected one of {', '.join(s.value for s in ShapeMode)}")
+        if self.streams is not None and not 1 <= self.streams <= 1024:
+            raise UserError(f"--openvino-streams must be between 1 and 1024, got {self.streams}")
+        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise UserError(f"--openvino-cache-dir {self.cache_dir} is a file; give a folder (it is created if missing)")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hint": self.hint.value,
+            "streams": self.streams,
+            "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
+            "shapes": self.shapes.value,
+            "bf16": self.bf16,
+        }
+
+
+def parse_choice(kind: type[enum.Enum], text: str, option: str):
+    """One value of an enum from its text; an unknown one raises a UserError listing the valid ones."""
+    try:
+        return kind(text.strip().lower())
+    except ValueError:
+        valid = ", ".join(m.value for m in kind)
+        raise UserError(f"{option}: unknown value {text!r}; valid values: {valid}") from None
+
+
 class HardwareCompat(enum.StrEnum):
     """Which GPUs a TensorRT engine must run on besides the one that built it (`--hardware-compat`)."""
 
@@ -87,6 +177,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "seed": (0, 2**32 - 1),
     "max_excluded": (0, 100_000),  # nodes a mixed-precision search may leave in higher precision
     "select_size": (1, 10_000_000),
+    "openvino_streams": (1, 1024),
 }
 
 
@@ -182,11 +273,7 @@ class TensorRTOptions:
 
 
 def parse_hardware_compat(text: str, option: str = "--hardware-compat") -> HardwareCompat:
-    try:
-        return HardwareCompat(text.strip().lower())
-    except ValueError:
-        valid = ", ".join(h.value for h in HardwareCompat)
-        raise UserError(f"{option}: unknown value {text!r}; valid values: {valid}") from None
+    return parse_choice(HardwareCompat, text, option)
 
 
 def check_top1_drop(value: float, option: str = "--max-top1-drop") -> float:
@@ -283,6 +370,8 @@ class BuildConfig:
     precisions: tuple[Precision, ...] = (Precision.FP32,)
     targets: tuple[Target, ...] = (Target.ONNXRUNTIME,)
     providers: tuple[str, ...] = ("cpu",)
+    engines: tuple[Engine, ...] = field(default_factory=default_engines)  # CPU runtimes that run the ONNX models
+    openvino: OpenVINOOptions = field(default_factory=OpenVINOOptions)
     threads: int | None = None
     batch_size: int = 32
     opset: int | None = None
@@ -308,6 +397,12 @@ class BuildConfig:
             raise UserError(
                 f"--precision {names} needs --calib-data: INT8 ranges and FP16's overflow check come from calibration images"
             )
+        if not self.engines:
+            raise UserError("--engines: give at least one of onnxruntime, openvino")
+        if self.openvino.bf16 and Engine.OPENVINO not in self.engines:
+            raise UserError("--openvino-bf16 adds an OpenVINO engine; add openvino to --engines")
+        if self.openvino.bf16 and Precision.FP32 not in self.precisions:
+            raise UserError("--openvino-bf16 runs the FP32 model in bfloat16; add fp32 to --precision")
 
 
 def _check_providers(text: str, option: str) -> object:
@@ -328,6 +423,12 @@ _TOML_KEYS: dict[str, tuple[type, Any]] = {
     "precision": (str, lambda text, option: parse_enum_list(Precision, text, option)),
     "target": (str, lambda text, option: parse_enum_list(Target, text, option)),
     "providers": (str, _check_providers),
+    "engines": (str, lambda text, option: parse_enum_list(Engine, text, option)),
+    "openvino_hint": (str, lambda text, option: parse_choice(PerformanceHint, text, option)),
+    "openvino_streams": (int, None),
+    "openvino_cache_dir": (str, None),
+    "openvino_shapes": (str, lambda text, option: parse_choice(ShapeMode, text, option)),
+    "openvino_bf16": (bool, None),
     "threads": (int, None),
     "batch_size": (int, None),
     "opset": (int, None),
@@ -356,7 +457,18 @@ _TOML_KEYS: dict[str, tuple[type, Any]] = {
 
 # Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
 PATH_KEYS = frozenset(
-    {"weights", "val_data", "calib_data", "out", "gates", "baseline", "timing_cache", "calib_cache", "select_data"}
+    {
+        "weights",
+        "val_data",
+        "calib_data",
+        "out",
+        "gates",
+        "baseline",
+        "timing_cache",
+        "calib_cache",
+        "select_data",
+        "openvino_cache_dir",
+    }
 )
 
 
@@ -382,14 +494,14 @@ def load_toml_options(path: Path) -> dict[str, Any]:
             raise UserError(f"config file {path}: unknown key {key!r}; valid keys: {valid}")
         expected, parse = _TOML_KEYS[key]
         label = f"config file {path}: key {key!r}"
-        if isinstance(value, bool) or not isinstance(value, expected):
-            kind = {int: "a whole number", str: "a string"}.get(expected, "a number")
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
+            kind = {int: "a whole number", str: "a string", bool: "true or false"}.get(expected, "a number")
             raise UserError(f"{label} must be {kind}, got {type(value).__name__} {value!r}"[:300])
         if key in LIMITS:
             check_range(key, value, label)
         elif parse is not None:
             parse(value, label)
-        elif not value.strip() or "\0" in value:
+        elif isinstance(value, str) and (not value.strip() or "\0" in value):
             raise UserError(f"{label} must not be empty")
         if key in PATH_KEYS:
             value = os.path.abspath(Path(path).parent / value)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from resnet_deploy.calibration.methods import CalibrationMethod
+from resnet_deploy.config import Target
 from resnet_deploy.examples import digits
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -63,6 +65,42 @@ def calibration(fp32_onnx, calib_dataset):
     from resnet_deploy.calibration.methods import CalibrationOptions
 
     return calibrate(fp32_onnx, CalibrationSet.draw(calib_dataset, 512, 0), CalibrationOptions())
+
+
+CASES = [(method, target) for method in CalibrationMethod for target in Target]  # every INT8 recipe x method
+
+
+@pytest.fixture(scope="session")
+def example(calib_dataset):
+    from resnet_deploy.data import first_images
+
+    return first_images(calib_dataset, 1)
+
+
+@pytest.fixture(scope="session")
+def quantized(fp32_onnx, calibration, example, tmp_path_factory):
+    """Every method x target from the same statistics (no second pass), plus FP16 and the TensorRT FP16 twin."""
+    from resnet_deploy.calibration.fp16 import convert_fp16
+    from resnet_deploy.calibration.quantize import quantize_int8
+
+    folder = tmp_path_factory.mktemp("quantized")
+    models = {}
+    for method, target in CASES:
+        twin = folder / "int8-tensorrt.fp16.onnx" if (method, target) == (CalibrationMethod.ENTROPY, Target.TENSORRT) else None
+        made = quantize_int8(
+            fp32_onnx,
+            calibration.with_method(method, 99.99),
+            target,
+            folder / f"int8-{target}-{method}.onnx",
+            example,
+            None,
+            twin,
+        )
+        models[(method, target)] = made[0]
+        if twin is not None:
+            models["tensorrt-fp16-twin"] = made[1]
+    models["fp16"] = convert_fp16(fp32_onnx, calibration, folder / "fp16.onnx")
+    return models
 
 
 # What `resnet-deploy build` writes into OUT (FP32 only), sorted.

@@ -62,6 +62,16 @@ def test_report_rows_carry_precision_target_and_quantization(built_reduced):
         ("int8", "tensorrt"),
     ]
     assert rows["onnxruntime-fp32"]["quantization"] is None
+    # OpenVINO runs the same files side by side (the default, as it is installed), in the same order
+    openvino = {name: row for name, row in all_rows.items() if row["backend"] == "openvino"}
+    assert list(openvino) == ["openvino-fp32", "openvino-fp16", "openvino-int8", "openvino-int8-tensorrt"]
+    for name, row in openvino.items():
+        twin = rows[name.replace("openvino", "onnxruntime")]
+        assert (row["path"], row["precision"], row["target"], row["quantization"]) == (
+            twin["path"], twin["precision"], twin["target"], twin["quantization"]
+        )  # fmt: skip
+        assert row["accuracy"]["top1_agreement"] >= {"fp32": 1.0, "fp16": 0.995, "int8": 0.98}[row["precision"]]
+    assert openvino["openvino-int8"]["accuracy"]["top1_agreement"] >= 0.99  # the default CPU INT8 engine
     for name in ("onnxruntime-int8", "onnxruntime-int8-tensorrt"):
         q = rows[name]["quantization"]
         assert q["method"] == "entropy" and q["samples"] == 270 and q["quantized_nodes"] >= 20 and q["excluded_nodes"] == []
@@ -107,7 +117,7 @@ def test_second_build_reuses_the_calibration_and_warns_about_overlap(built_reduc
     assert "warning: 270 of the 270 calibration images are also validation images" in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["calibration"]["reused_cache"] is True and report["warnings"]
-    assert [row["name"] for row in report["engines"]] == ["onnxruntime-int8"]
+    assert [row["name"] for row in report["engines"]] == ["onnxruntime-int8", "openvino-int8"]
     first_ranges = json.loads((first / "calib.json").read_text())["tensors"]
     assert json.loads((out / "calib.json").read_text())["tensors"] == first_ranges
 

@@ -50,11 +50,11 @@ def test_report_keeps_every_latency_sample(report):
 def test_build_writes_a_self_contained_page(built, report):
     _, _, out = built
     page = (out / "report.html").read_text()
-    assert page.count("<img ") == page.count('src="data:image/png;base64,') == expected_plots(report) == 4
+    assert page.count("<img ") == page.count('src="data:image/png;base64,') == expected_plots(report) == 5
     for plot in ("latency-distribution", "throughput", "accuracy-vs-speed"):
         assert f'data-plot="{plot}"' in page
     for text in ("<h2>Model</h2>", "<h2>Stages</h2>", "Accuracy against the PyTorch reference", "Latency (ms per call)",
-                 "onnxruntime-fp32", "pytorch-fp32 (reference)", "resnet18"):  # fmt: skip
+                 "onnxruntime-fp32", "openvino-fp32", "pytorch-fp32 (reference)", "resnet18"):  # fmt: skip
         assert text in page
     assert "<script" not in page and "http://" not in page and "https://" not in page
     assert "<h2>Gates</h2>" not in page  # no gates were given
@@ -76,7 +76,7 @@ def test_old_reports_without_samples_still_render(report):
             del row["samples_ms"]
     page = render_html(old)
     assert page.count("<img ") == expected_plots(old) == 2
-    assert "No per-call samples in this report for pytorch-fp32, onnxruntime-fp32" in page
+    assert "No per-call samples in this report for pytorch-fp32, onnxruntime-fp32, openvino-fp32" in page
 
 
 def test_report_command_renders_html_and_markdown_from_json(built, tmp_path):
@@ -85,7 +85,7 @@ def test_report_command_renders_html_and_markdown_from_json(built, tmp_path):
                                       "--markdown", str(tmp_path / "r.md")])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r.md").read_text() == (out / "report.md").read_text()
-    assert (tmp_path / "r.html").read_text().count("<img ") == 4
+    assert (tmp_path / "r.html").read_text().count("<img ") == 5
     result = CliRunner().invoke(cli, ["report", str(out / "report.json")])
     assert result.exit_code == 2 and "give --html" in result.output
 
@@ -132,9 +132,9 @@ def test_page_loads_in_headless_chromium_and_shows_its_plots(built, report, tmp_
             browser.close()
     assert errors == []
     assert [url for url in requests if not url.startswith("data:")] == [page_path.as_uri()]  # nothing fetched
-    assert len(images) == expected_plots(report) == 4
+    assert len(images) == expected_plots(report) == 5  # a distribution each for PyTorch, ONNX Runtime and OpenVINO
     plots = sorted(i["plot"] for i in images)
-    assert plots == ["accuracy-vs-speed", "latency-distribution", "latency-distribution", "throughput"]
+    assert plots == ["accuracy-vs-speed", *["latency-distribution"] * 3, "throughput"]
     for image in images:
         assert image["complete"] and image["width"] > 100 and image["height"] > 100 and image["shown"] > 0, image
     assert title == "resnet-deploy report: resnet18"

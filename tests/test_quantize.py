@@ -14,41 +14,13 @@ from resnet_deploy.calibration.graph import module_path, producers, quantized_no
 from resnet_deploy.calibration.methods import CalibrationMethod
 from resnet_deploy.calibration.quantize import quantize_int8
 from resnet_deploy.config import Target
-from resnet_deploy.data import first_images, open_dataset
+from resnet_deploy.data import open_dataset
 from resnet_deploy.engines.ort import OrtRunner
 from resnet_deploy.engines.pytorch import PyTorchRunner
 from resnet_deploy.errors import UserError
 from resnet_deploy.pipeline.validate import validate_all
 
-CASES = [(method, target) for method in CalibrationMethod for target in Target]
-
-
-@pytest.fixture(scope="session")
-def example(calib_dataset):
-    return first_images(calib_dataset, 1)
-
-
-@pytest.fixture(scope="session")
-def quantized(fp32_onnx, calibration, example, tmp_path_factory):
-    """Every method x target from the same statistics (no second pass), plus FP16 and the TensorRT FP16 twin."""
-    folder = tmp_path_factory.mktemp("quantized")
-    models = {}
-    for method, target in CASES:
-        twin = folder / "int8-tensorrt.fp16.onnx" if (method, target) == (CalibrationMethod.ENTROPY, Target.TENSORRT) else None
-        made = quantize_int8(
-            fp32_onnx,
-            calibration.with_method(method, 99.99),
-            target,
-            folder / f"int8-{target}-{method}.onnx",
-            example,
-            None,
-            twin,
-        )
-        models[(method, target)] = made[0]
-        if twin is not None:
-            models["tensorrt-fp16-twin"] = made[1]
-    models["fp16"] = convert_fp16(fp32_onnx, calibration, folder / "fp16.onnx")
-    return models
+from .conftest import CASES
 
 
 @pytest.fixture(scope="session")
@@ -243,9 +215,11 @@ def test_nonfinite_outputs_are_a_failed_validation_and_exit_1(quantized, workloa
     )
     assert result.exit_code == 1, result.output
     assert "NaN/Inf" in result.output
-    (row,) = json.loads((tmp_path / "v.json").read_text())["engines"]
-    assert row["precision"] == "fp16" and row["accuracy"]["nonfinite_outputs"] == 449
-    assert row["accuracy"]["max_abs_diff"] is None and row["accuracy"]["cosine_min"] is None
+    rows = json.loads((tmp_path / "v.json").read_text())["engines"]
+    assert [r["name"] for r in rows] == ["onnxruntime-fp16", "openvino-fp16"]  # both CPU engines catch it
+    for row in rows:
+        assert row["precision"] == "fp16" and row["accuracy"]["nonfinite_outputs"] == 449
+        assert row["accuracy"]["max_abs_diff"] is None and row["accuracy"]["cosine_min"] is None
     # the same accuracy in a build report decides the build's exit code
     engine = EngineResult("onnxruntime-fp16", "onnxruntime", "fp16", None, str(broken))
     engine.accuracy = _accuracy_from_row(row["accuracy"])

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from resnet_deploy.artifacts import EngineArtifact, sidecar_path, write_with_sidecar
 from resnet_deploy.cli import cli
-from resnet_deploy.config import BuildConfig, HardwareCompat, Target, TensorRTOptions, parse_hardware_compat
+from resnet_deploy.config import BuildConfig, Engine, HardwareCompat, Target, TensorRTOptions, parse_hardware_compat
 from resnet_deploy.engines.trt import (
     BatchProfile,
     TensorRTRunner,
@@ -287,8 +287,15 @@ def test_bench_engine_without_tensorrt_exits_2_with_one_line(tmp_path):
 
 
 def _config(tmp_path: Path, targets: tuple[Target, ...], providers: tuple[str, ...] = ("cpu",)) -> BuildConfig:
+    """ONNX Runtime as the only CPU engine: OpenVINO's place in the plan is tested in tests/test_openvino.py."""
     return BuildConfig(
-        arch="resnet18", weights=tmp_path / "w.pth", val_data=tmp_path, out=tmp_path / "out", targets=targets, providers=providers
+        arch="resnet18",
+        weights=tmp_path / "w.pth",
+        val_data=tmp_path,
+        out=tmp_path / "out",
+        targets=targets,
+        providers=providers,
+        engines=(Engine.ONNXRUNTIME,),
     )
 
 
@@ -357,7 +364,8 @@ def test_markdown_shows_gpu_compute_time_and_skipped_engines(built):
 @needs_no_tensorrt
 def test_build_target_tensorrt_without_tensorrt_keeps_the_onnx_results(workload, tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, build_args(workload, out, "--target", "tensorrt", "--batch-sizes", "1,2"))
+    args = build_args(workload, out, "--target", "tensorrt", "--batch-sizes", "1,2", "--engines", "onnxruntime")
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     notes = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(notes) == 1 and notes[0].startswith("note: tensorrt-fp32 not built: TensorRT engines need TensorRT")

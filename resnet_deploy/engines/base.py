@@ -48,6 +48,10 @@ class Runner(abc.ABC):
             raise RuntimeError(f"runner {self.name} returned shape {logits.shape} for a batch of {batch.shape[0]}")
         return logits.astype(np.float32, copy=False)
 
+    def prepare(self, batch_size: int) -> None:
+        """Get ready for batches of `batch_size` (e.g. compile for that shape) so that the first timed call
+        does not pay for it; the benchmark calls it before warming up. A no-op unless a backend needs it."""
+
     def synchronize(self) -> None:
         """Wait for queued device work (GPU runners); a no-op on the CPU."""
 

@@ -104,6 +104,7 @@ def benchmark(runner: Runner, images: np.ndarray, options: BenchmarkOptions, pro
     results = []
     for batch_size in progress.track(options.batch_sizes, total=len(options.batch_sizes), description=f"bench {runner.name}"):
         batch = make_batch(images, batch_size)
+        runner.prepare(batch_size)
         samples, device_ms = time_calls(runner, batch, options.warmup, options.iterations, options.max_seconds)
         results.append(Latency.from_samples(batch_size, samples, device_ms))
     return results

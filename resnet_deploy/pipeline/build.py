@@ -18,7 +18,6 @@ from ..calibration.search import MixedPrecision, best_effort_path, mixed_precisi
 from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, SkipSummary, first_images, open_dataset
 from ..engines.base import Runner
-from ..engines.ort import OrtRunner
 from ..engines.pytorch import PyTorchRunner
 from ..engines.trt import BatchProfile
 from ..models import load_model
@@ -288,10 +287,8 @@ def _mixed_precision_results(
 
 def _baseline_runner(spec: EngineSpec, search: MixedPrecision, config: BuildConfig, work: Path, profile: BatchProfile) -> Runner:
     """A runner of the fully quantized model on the same kind of engine as `spec` (before the search)."""
-    if not spec.is_tensorrt:
-        return OrtRunner(
-            search.baseline_files["fp32"], f"{spec.name}-all-int8", "int8", spec.artifact.target, config.providers, config.threads
-        )
+    if not spec.is_tensorrt:  # ONNX Runtime, OpenVINO: the same engine settings on the fully quantized ONNX
+        return replace(spec, artifact=replace(spec.artifact, path=search.baseline_files["fp32"])).runner(config, work)
     from ..engines.trt import TensorRTRunner, build_engine
 
     twin = search.baseline_twin(work / "baseline-twin")  # FP16 elsewhere, as the engine that was built

@@ -27,6 +27,12 @@ STYLE: dict[str, Any] = {
     "savefig.dpi": 100,
 }
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+# In the throughput and accuracy-vs-speed plots the colour says which model (precision, and the INT8 recipe's
+# target) and the marker and line which backend runs it, so the same model on ONNX Runtime and on OpenVINO
+# shows as a pair. Models and backends not listed take the remaining colours / the last style.
+MODEL_COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "bf16": "#9467bd", "int8": "#ff7f0e", "int8-tensorrt": "#d62728"}
+BACKEND_STYLES = {"pytorch": ("D", ":"), "onnxruntime": ("o", "-"), "openvino": ("s", "--"), "tensorrt": ("^", "-.")}
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8, "frameon": False}
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #1b1b1b; }
@@ -137,6 +143,18 @@ def _draw_distribution(entry: dict[str, Any]):
     return draw, (min(3.4 * len(rows), 11.0), 2.8)
 
 
+def _entry_style(entry: dict[str, Any], index: int) -> dict[str, str]:
+    """Colour by model, marker and line by backend (the reference is the black diamond)."""
+    backend = (entry.get("backend") or "pytorch").split("-")[0]
+    if "backend" not in entry:  # the PyTorch reference
+        return {"color": "#000000", "marker": "D", "linestyle": ":"}
+    model = entry.get("precision", "") + (f"-{entry['target']}" if entry.get("target") == "tensorrt" else "")
+    spare = [c for c in COLORS if c not in MODEL_COLORS.values()] or list(COLORS)
+    color = MODEL_COLORS.get(model, spare[index % len(spare)])
+    marker, linestyle = BACKEND_STYLES.get(backend, ("v", "-"))
+    return {"color": color, "marker": marker, "linestyle": linestyle}
+
+
 def _draw_throughput(entries: list[dict[str, Any]]):
     def draw(fig) -> None:
         ax = fig.subplots()
@@ -146,9 +164,8 @@ def _draw_throughput(entries: list[dict[str, Any]]):
             ax.plot(
                 [r["batch_size"] for r in rows],
                 [r["throughput_ips"] for r in rows],
-                marker="o",
-                color=COLORS[i % len(COLORS)],
                 label=entry["name"],
+                **_entry_style(entry, i),
             )
         if len(sizes) > 2 and sizes[-1] / sizes[0] >= 8:
             ax.set_xscale("log", base=2)
@@ -156,9 +173,9 @@ def _draw_throughput(entries: list[dict[str, Any]]):
         ax.set_xlabel("batch size")
         ax.set_ylabel("images / s")
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8)
+        ax.legend(**LEGEND_OUTSIDE)
 
-    return draw, (6.4, 3.4)
+    return draw, (8.4, 3.4)
 
 
 def _speed_batch(entries: list[dict[str, Any]]) -> int | None:
@@ -166,13 +183,13 @@ def _speed_batch(entries: list[dict[str, Any]]) -> int | None:
     return min(common) if common else None
 
 
-def _scatter_points(report: dict[str, Any]) -> tuple[list[tuple[str, float, float]], str, int | None]:
-    """(name, p50 ms, accuracy %) per timed entry with an accuracy number; the y label; the batch size."""
+def _scatter_points(report: dict[str, Any]) -> tuple[list[tuple[str, float, float, dict[str, str]]], str, int | None]:
+    """(name, p50 ms, accuracy %, style) per timed entry with an accuracy number; the y label; the batch size."""
     entries = _timed_entries(report)
     batch = _speed_batch(entries)
     labelled = report["reference"].get("top1") is not None
     points = []
-    for entry in entries:
+    for i, entry in enumerate(entries):
         row = next((r for r in entry["latency"] if r["batch_size"] == batch), None)
         if row is None or row.get("p50_ms") is None:
             continue
@@ -182,28 +199,26 @@ def _scatter_points(report: dict[str, Any]) -> tuple[list[tuple[str, float, floa
             acc = entry.get("accuracy") or {}
             accuracy = acc.get("top1") if labelled else acc.get("top1_agreement")
         if accuracy is not None:
-            points.append((entry["name"], row["p50_ms"], accuracy * 100.0))
+            points.append((entry["name"], row["p50_ms"], accuracy * 100.0, _entry_style(entry, i)))
     label = "top-1 accuracy on labels (%)" if labelled else "top-1 agreement with the reference (%)"
     return points, label, batch
 
 
-def _draw_scatter(points: list[tuple[str, float, float]], ylabel: str, batch: int):
+def _draw_scatter(points: list[tuple[str, float, float, dict[str, str]]], ylabel: str, batch: int):
     def draw(fig) -> None:
         ax = fig.subplots()
-        markers = "osD^vP*X"
-        for i, (name, ms, accuracy) in enumerate(points):  # a legend, not labels: engines often share a spot
-            marker = markers[(i // len(COLORS)) % len(markers)]
-            ax.scatter([ms], [accuracy], s=60, color=COLORS[i % len(COLORS)], marker=marker, label=name, zorder=3, alpha=0.85)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        for name, ms, accuracy, style in points:
+            ax.scatter([ms], [accuracy], s=60, color=style["color"], marker=style["marker"], label=name, zorder=3)
+        ax.legend(**LEGEND_OUTSIDE)  # labels beside the points would overlap when engines agree equally well
         ax.set_xlabel(f"p50 latency at batch {batch} (ms), lower is faster")
         ax.set_ylabel(ylabel)
-        fastest, slowest = min(ms for _, ms, _ in points), max(ms for _, ms, _ in points)
+        fastest, slowest = min(ms for _, ms, *_ in points), max(ms for _, ms, *_ in points)
         if slowest / fastest > 20:  # e.g. an INT8 engine next to eager PyTorch: log scale keeps both readable
             ax.set_xscale("log")
             ax.set_xlim(fastest / 1.5, slowest * 2.5)
         else:
             ax.set_xlim(left=0, right=slowest * 1.3)
-        low = min(a for *_, a in points)
+        low = min(a for _, _, a, _ in points)
         ax.set_ylim(max(0.0, low - max(1.0, (100 - low) * 0.5)), 100.5)
 
     return draw, (8.4, 3.6)

@@ -1,6 +1,8 @@
-"""Which engines a build makes: each ONNX model on ONNX Runtime, and TensorRT engines for its models.
+"""Which engines a build makes: each ONNX model on the CPU engines of `--engines`, TensorRT engines for its models.
 
-ONNX Runtime runs every validated model, so each ONNX file is checked on the CPU too. For
+ONNX Runtime and OpenVINO (`--engines`, both by default when OpenVINO is installed) run every validated
+model, so each ONNX file is checked on the CPU. With `--openvino-bf16` OpenVINO also runs the FP32 model in
+bfloat16 (`openvino-bf16`). For
 `--target tensorrt`, TensorRT builds an engine from each model made for it: those without a target (FP32,
 FP16) and the tensorrt-target INT8 (or its FP16-elsewhere twin, when FP16 was asked too); a model
 quantized for another target is not TensorRT's.
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import OnnxArtifact
-from ..config import BuildConfig, Target
+from ..config import BuildConfig, Engine, Target
 from ..engines.base import Runner
+from ..engines.openvino import OpenVINORunner, require_bf16
 from ..engines.ort import OrtRunner, ort_backend_label
 from ..engines.trt import BatchProfile, TensorRTRunner, build_engine, engine_file_name, missing_message, missing_requirements
 from ..errors import MissingDependency, UserError
@@ -27,12 +30,17 @@ class EngineSpec:
     """One engine to validate and time: a model file and the backend that runs it."""
 
     artifact: OnnxArtifact
-    backend: str  # "onnxruntime" (or "onnxruntime-cuda", ... naming the execution provider) or "tensorrt"
-    final_path: Path  # the file the engine runs, in --out: the ONNX for ONNX Runtime, the .engine for TensorRT
+    backend: str  # "onnxruntime" (or "onnxruntime-cuda", ... naming the execution provider), "openvino" or "tensorrt"
+    final_path: Path  # the file the engine runs, in --out: the ONNX for ONNX Runtime and OpenVINO, the .engine for TensorRT
+    compute_precision: str | None = None  # when the engine computes in another precision than the model's (bf16)
+
+    @property
+    def precision(self) -> str:
+        return self.compute_precision or self.artifact.precision
 
     @property
     def name(self) -> str:
-        return engine_name(self.backend, self.artifact.precision, self.artifact.target)
+        return engine_name(self.backend, self.precision, self.artifact.target)
 
     @property
     def is_tensorrt(self) -> bool:
@@ -44,13 +52,16 @@ class EngineSpec:
         quantization = details.pop("quantization", None) or details.pop("fp16", None)
         a = self.artifact
         return EngineResult(
-            self.name, self.backend, a.precision, a.target, str(self.final_path), details=details, quantization=quantization
+            self.name, self.backend, self.precision, a.target, str(self.final_path), details=details, quantization=quantization
         )
 
     def runner(self, config: BuildConfig, folder: Path) -> Runner:
         """The runner of this engine, whose file is in `folder` (the staging folder during a build)."""
         if self.is_tensorrt:
             return TensorRTRunner(folder / self.final_path.name, name=self.name, cuda_graph=config.tensorrt.cuda_graph)
+        if self.backend == Engine.OPENVINO.value:
+            a = self.artifact
+            return OpenVINORunner(a.path, self.name, self.precision, a.target, config.threads, config.openvino)
         return OrtRunner(
             self.artifact.path,
             name=self.name,
@@ -64,7 +75,7 @@ class EngineSpec:
 def plan_engines(
     models: Sequence[OnnxArtifact], config: BuildConfig, tensorrt_twins: Sequence[OnnxArtifact] = ()
 ) -> list[EngineSpec]:
-    """Engines for `models` (validated on ONNX Runtime); `tensorrt_twins` replace their namesakes for TensorRT.
+    """Engines for `models` (validated on the CPU engines); `tensorrt_twins` replace their namesakes for TensorRT.
 
     A twin is a model made for TensorRT only (the INT8 Q/DQ graph with FP16 between the quantized layers),
     whose `same_qdq_as` names the validated model it stands in for.
@@ -74,7 +85,12 @@ def plan_engines(
     twins = {t.details["quantization"]["same_qdq_as"]: t for t in tensorrt_twins}
     specs = []
     for model in models:
-        specs.append(EngineSpec(model, ort, out / model.path.name))
+        if Engine.ONNXRUNTIME in config.engines:
+            specs.append(EngineSpec(model, ort, out / model.path.name))
+        if Engine.OPENVINO in config.engines:
+            specs.append(EngineSpec(model, Engine.OPENVINO.value, out / model.path.name))
+            if config.openvino.bf16 and model.precision == "fp32":
+                specs.append(EngineSpec(model, Engine.OPENVINO.value, out / model.path.name, compute_precision="bf16"))
         if Target.TENSORRT in config.targets and model.target in (None, Target.TENSORRT.value):
             source = twins.get(model.path.name, model)
             engine = engine_file_name(model.precision)
@@ -111,14 +127,16 @@ def build_engines(
     notes = []
     if skipped:
         notes.append(
-            f"{', '.join(skipped)} not built: {missing_message(missing)}; the ONNX files were validated on ONNX Runtime "
+            f"{', '.join(skipped)} not built: {missing_message(missing)}; the ONNX files were validated on the CPU engines "
             "(--require-engine makes this an error)"
         )
     return results, runners, notes
 
 
 def check_engine_options(config: BuildConfig) -> BatchProfile:
-    """Fail before writing anything: --require-engine without TensorRT/GPU, a bad profile."""
+    """Fail before writing anything: --require-engine without TensorRT/GPU, bf16 on a CPU without it, a bad profile."""
+    if config.openvino.bf16:
+        require_bf16("--openvino-bf16")
     wants_tensorrt = Target.TENSORRT in config.targets
     if config.require_engine and not wants_tensorrt:
         raise UserError("--require-engine applies to TensorRT engines; add --target tensorrt")

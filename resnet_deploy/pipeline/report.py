@@ -25,14 +25,21 @@ if TYPE_CHECKING:
 SCHEMA = "resnet-deploy/report/v1"
 
 
+# The INT8 recipe each backend runs by default: its own, except OpenVINO, whose default is the onnxruntime-target
+# U8S8 Q/DQ model (measured as fast on OpenVINO as OpenVINO's own NNCF quantization; README, Performance).
+NATIVE_TARGET = {"onnxruntime": "onnxruntime", "openvino": "onnxruntime", "tensorrt": "tensorrt"}
+
+
 def engine_name(backend: str, precision: str, target: str | None) -> str:
-    """`<backend>-<precision>`, plus `-<target>` when the model was made for another consumer.
+    """`<backend>-<precision>`, plus `-<target>` when the model is not the one made for this backend.
 
     A backend may name its device: `onnxruntime-cuda` (ONNX Runtime on its CUDA execution provider) is
-    still onnxruntime, so `onnxruntime-cuda-int8` runs the INT8 model made for onnxruntime.
+    still onnxruntime, so `onnxruntime-cuda-int8` runs the INT8 model made for onnxruntime. OpenVINO runs the
+    onnxruntime-target INT8 model as its own (`openvino-int8`); the tensorrt-target one is `openvino-int8-tensorrt`.
     """
     name = f"{backend}-{precision}"
-    return f"{name}-{target}" if target and target != backend.split("-")[0] else name
+    family = backend.split("-")[0]
+    return f"{name}-{target}" if target and target != NATIVE_TARGET.get(family, family) else name
 
 
 @dataclass
@@ -150,6 +157,7 @@ def environment(threads: int | None) -> dict[str, Any]:
             "timm": _version("timm"),
             "onnx": _version("onnx"),
             "onnxruntime": _version("onnxruntime-gpu") or _version("onnxruntime"),
+            "openvino": _version("openvino"),
             "polygraphy": _version("polygraphy"),
             "tensorrt": _tensorrt_version(),
             "numpy": _version("numpy"),
@@ -386,7 +394,7 @@ def read_layers(path: Path) -> dict[str, Any]:
 
 
 _HOST_KEYS = ("cpu", "machine", "cpu_count", "threads", "gpu")
-_VERSION_KEYS = ("onnxruntime", "torch", "onnx", "tensorrt")
+_VERSION_KEYS = ("onnxruntime", "openvino", "torch", "onnx", "tensorrt")
 
 
 def environment_differences(old: dict[str, Any], new: dict[str, Any], old_label: str = "baseline") -> list[str]:
