@@ -65,7 +65,7 @@ def cli() -> None:
 
 def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--gates/--set/--baseline/--junit/--summary, shared by `build` and `gate`."""
-    options = [
+    return _with_options(fn, [
         click.option("--gates", type=click.Path(path_type=Path), help="TOML file of thresholds per engine name or glob."),
         click.option(
             "--set",
@@ -82,10 +82,63 @@ def _gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--summary", type=click.Path(path_type=Path), help="Write a Markdown summary of the gates (replaced if present)."
         ),
-    ]
+    ])  # fmt: skip
+
+
+def _with_options(fn: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--select-data/--select-size: the images that measure sensitivity (build, quantize, layers)."""
+    return _with_options(
+        fn,
+        [
+            click.option(
+                "--select-data",
+                type=click.Path(path_type=Path),
+                help="Images that measure sensitivity and choose the nodes (default: held out of --calib-data).",
+            ),
+            click.option("--select-size", type=int, default=256, show_default=True, help="Images used from the selection data."),
+        ],
+    )
+
+
+def _accuracy_target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--max-top1-drop/--min-top1-agreement/--max-excluded and the selection data (build, quantize)."""
+    options = [
+        click.option(
+            "--max-top1-drop",
+            type=float,
+            help="INT8 accuracy target: top-1 (on labels) may drop at most this many points; nodes are left in higher "
+            "precision until it holds.",
+        ),
+        click.option(
+            "--min-top1-agreement",
+            type=float,
+            help="INT8 accuracy target: top-1 must agree with the FP32 model on this fraction of images (e.g. 0.99).",
+        ),
+        click.option(
+            "--max-excluded", type=int, default=8, show_default=True, help="Most nodes the search leaves in higher precision."
+        ),
+    ]
+    return _selection_options(_with_options(fn, options))
+
+
+def _accuracy_target(options: dict[str, Any]):
+    from .config import AccuracyTarget
+
+    if options.get("max_top1_drop") is None and options.get("min_top1_agreement") is None:
+        return None
+    return AccuracyTarget(options.get("max_top1_drop"), options.get("min_top1_agreement"), options["max_excluded"])
+
+
+def _selection(options: dict[str, Any]):
+    from .config import SelectionOptions
+
+    return SelectionOptions(Path(options["select_data"]) if options.get("select_data") else None, options["select_size"])
 
 
 def _engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -168,6 +221,7 @@ def _openvino_options(options: dict[str, Any]):
 @click.option("--opt-batch-size", type=int, help="TensorRT: batch size to tune for (default: median of --batch-sizes).")
 @click.option("--cuda-graph", is_flag=True, help="TensorRT: run batch 1 from a captured CUDA graph.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder.")
+@_accuracy_target_options
 @_gate_options
 @_common
 def build(progress, config_file: Path | None, junit: Path | None, summary: Path | None, **options: Any) -> int:
@@ -197,14 +251,12 @@ def build(progress, config_file: Path | None, junit: Path | None, summary: Path 
 
 def _build_config(ctx: click.Context, config_file: Path | None, options: dict[str, Any]):
     from .config import (
-        LIMITS,
         PATH_KEYS,
         BenchmarkOptions,
         BuildConfig,
         Precision,
         Target,
         TensorRTOptions,
-        check_range,
         load_toml_options,
         parse_engines,
         parse_enum_list,
@@ -224,9 +276,7 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
     missing = [f"--{k.replace('_', '-')}" for k in ("arch", "weights", "val_data", "out") if not options.get(k)]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (give them as options or in --config)")
-    for key in LIMITS:
-        if options.get(key) is not None:
-            check_range(key, options[key], f"--{key.replace('_', '-')}")
+    _check_limits(options)
     return BuildConfig(
         arch=options["arch"],
         weights=Path(options["weights"]),
@@ -263,7 +313,18 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         force=options["force"],
         gates=_load_gates(options.get("gates"), options["overrides"], options.get("baseline")),
         baseline=Path(options["baseline"]) if options.get("baseline") else None,
+        accuracy_target=_accuracy_target(options),
+        selection=_selection(options),
     )
+
+
+def _check_limits(options: dict[str, Any]) -> None:
+    """The numeric options a command has, each within its range (config.LIMITS)."""
+    from .config import LIMITS, check_range
+
+    for key in LIMITS:
+        if options.get(key) is not None:
+            check_range(key, options[key], f"--{key.replace('_', '-')}")
 
 
 def _load_gates(gates_file: Path | None, overrides: tuple[str, ...], baseline: Path | None):
@@ -340,22 +401,31 @@ def compare(progress, old_path: Path, new_path: Path) -> int:
     return 0
 
 
-@cli.command(epilog="\b\nExample:\n  resnet-deploy report out/report.json --html report.html")
+@cli.command(
+    epilog="\b\nExample:\n  resnet-deploy report out/report.json --html report.html\n"
+    "  resnet-deploy report out/report.json --html report.html --layers layers/layers.json"
+)
 @click.argument("report_path", metavar="REPORT.json", type=click.Path(path_type=Path))
 @click.option("--html", "html_out", type=click.Path(path_type=Path), help="Write the self-contained HTML page here.")
 @click.option("--markdown", "markdown_out", type=click.Path(path_type=Path), help="Write the Markdown report here.")
+@click.option(
+    "--layers", "layers_path", type=click.Path(path_type=Path), help="layers.json of `resnet-deploy layers`: adds its chart."
+)
 @_common
-def report(progress, report_path: Path, html_out: Path | None, markdown_out: Path | None) -> int:
+def report(progress, report_path: Path, html_out: Path | None, markdown_out: Path | None, layers_path: Path | None) -> int:
     """Render report.html (or report.md) again from a report.json, e.g. one downloaded from CI."""
     from .artifacts import write_text_atomic
     from .pipeline.html import render_html
-    from .pipeline.report import read_report, to_markdown
+    from .pipeline.report import read_layers, read_report, to_markdown
 
     if html_out is None and markdown_out is None:
         raise UserError("give --html OUT.html and/or --markdown OUT.md")
+    if layers_path is not None and html_out is None:
+        raise UserError("--layers adds a chart to the HTML page; give --html OUT.html too")
     data = read_report(report_path)
+    layers = read_layers(layers_path) if layers_path is not None else None
     if html_out is not None:
-        write_text_atomic(html_out, render_html(data))
+        write_text_atomic(html_out, render_html(data, layers=layers))
         click.echo(f"wrote {html_out}")
     if markdown_out is not None:
         write_text_atomic(markdown_out, to_markdown(data))
@@ -458,7 +528,9 @@ def export(progress, folded: Path, out: Path, data: Path | None, opset: int | No
     epilog="\b\nExamples:\n"
     "  resnet-deploy quantize --onnx out/model.fp32.onnx --calib-data calib/ --out model.int8.onnx\n"
     "  resnet-deploy quantize --onnx out/model.fp32.onnx --calib-data calib/ --target tensorrt --out model.int8-trt.onnx\n"
-    "  resnet-deploy quantize --onnx out/model.fp32.onnx --calib-data calib/ --precision fp16 --out model.fp16.onnx"
+    "  resnet-deploy quantize --onnx out/model.fp32.onnx --calib-data calib/ --precision fp16 --out model.fp16.onnx\n"
+    "  resnet-deploy quantize --onnx out/model.fp32.onnx --calib-data calib/ --val-data val/ --min-top1-agreement 0.99 \\\n"
+    "      --out model.int8.onnx"
 )
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path), help="FP32 ONNX from `export` or `build`.")
 @click.option("--calib-data", required=True, type=click.Path(path_type=Path), help="Calibration images or .npz.")
@@ -475,14 +547,24 @@ def export(progress, folded: Path, out: Path, data: Path | None, opset: int | No
     type=click.Path(path_type=Path),
     help="Statistics cache: reused when it matches, written when not (default: calib.json beside --out).",
 )
-@click.option("--val-data", type=click.Path(path_type=Path), help="Validation data: only to warn if it overlaps --calib-data.")
+@click.option(
+    "--val-data",
+    type=click.Path(path_type=Path),
+    help="Validation data: reports the accuracy target's final check (needed with one); else only to warn about overlap.",
+)
 @click.option("--threads", type=int, help="CPU threads for the calibration pass.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
+@_accuracy_target_options
 @_common
 def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: Path | None, **options: Any) -> int:
-    """FP32 ONNX + calibration images -> INT8 Q/DQ ONNX (per target) or FP16 ONNX, with calib.json."""
+    """FP32 ONNX + calibration images -> INT8 Q/DQ ONNX (per target) or FP16 ONNX, with calib.json.
+
+    With --max-top1-drop / --min-top1-agreement, INT8 leaves the most sensitive nodes in higher precision until
+    the target holds on the selection images, then checks it on --val-data; exit 1 when it cannot be met (the
+    best model found is written as <out>.best-effort.onnx).
+    """
     from .artifacts import OnnxArtifact, read_onnx
-    from .calibration.calibrate import CALIB_NAME, CalibrationSet, calibrate
+    from .calibration.calibrate import CALIB_NAME, CalibrationSet, SelectionSet, calibrate
     from .calibration.graph import excluded_nodes, load_onnx
     from .config import Precision, Target, parse_enum_list
     from .data import Preprocess, first_images, open_dataset
@@ -494,31 +576,49 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
     precision, target = precisions[0], targets[0]
     if precision is Precision.FP32:
         raise UserError("--precision fp32: the input already is FP32; choose int8 or fp16")
+    _check_limits(options)
+    accuracy_target = _accuracy_target(options)
+    if accuracy_target is not None and precision is not Precision.INT8:
+        raise UserError(
+            "--max-top1-drop / --min-top1-agreement choose which INT8 nodes stay in higher precision; use --precision int8"
+        )
+    if accuracy_target is not None and val_data is None:
+        raise UserError(
+            "an accuracy target needs --val-data: the images that report the final accuracy (the nodes are chosen on "
+            "other images, held out of --calib-data or --select-data)"
+        )
     _refuse_existing(out, options["force"])
     read_onnx(onnx_path)  # refuses a non-ONNX file or unsafe external data before anything reads it
     fp32 = OnnxArtifact.read(onnx_path)
     if fp32.precision != "fp32":
         raise UserError(f"--onnx {onnx_path} is a {fp32.precision} model; give the FP32 ONNX written by export or build")
     calibration_options = _calibration_options({**options, "calib_cache": options["calib_cache"] or out.parent / CALIB_NAME})
-    excluded_nodes(load_onnx(fp32.path), calibration_options.exclude_layers)  # fail before calibrating
+    fixed = excluded_nodes(load_onnx(fp32.path), calibration_options.exclude_layers)  # fail before calibrating
     preprocess = Preprocess.from_dict(fp32.preprocess)
-    calibration_set = CalibrationSet.draw(
-        open_dataset(calib_data, preprocess, option="--calib-data"), calibration_options.size, calibration_options.seed
-    )
-    if val_data is not None:
-        shared = calibration_set.overlap(open_dataset(val_data, preprocess, option="--val-data"))
+    calib = open_dataset(calib_data, preprocess, option="--calib-data")
+    val = open_dataset(val_data, preprocess, option="--val-data") if val_data is not None else None
+    selection = None
+    if accuracy_target is not None:
+        calib, selection = SelectionSet.split(calib, _selection(options), calibration_options.seed, preprocess)
+        selection.check(val, accuracy_target)
+        if selection.warning():
+            click.echo(f"warning: {selection.warning()}", err=True)
+    calibration_set = CalibrationSet.draw(calib, calibration_options.size, calibration_options.seed)
+    if val is not None:
+        shared = calibration_set.overlap(val)
         if shared:
             click.echo(f"warning: {shared} calibration images are also in --val-data {val_data}", err=True)
     calibration = calibrate(fp32, calibration_set, calibration_options, options["threads"], progress)
     if not calibration.reused:
         calibration.write(calibration_options.cache)
+    code = 0
     if precision is Precision.FP16:
         from .calibration.fp16 import convert_fp16
 
         artifact = convert_fp16(fp32, calibration, out, calibration_options.exclude_layers)
         info = artifact.details["fp16"]
         click.echo(f"fp16: {info['fp16_nodes']} nodes in FP16, {len(info['fp32_nodes'])} kept in FP32 -> {out}")
-    else:
+    elif accuracy_target is None:
         from .calibration.quantize import quantize_int8
 
         example = first_images(calibration_set.dataset, 1)
@@ -528,9 +628,188 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
             f"int8 ({target}): {info['quantized_nodes']} quantized nodes, {len(info['excluded_nodes'])} excluded, "
             f"{calibration.method} ranges from {calibration.samples} images -> {out}"
         )
+    else:
+        code = _quantize_to_target(
+            fp32, calibration, target, accuracy_target, selection, val, calibration_set, fixed, out, options["threads"], progress
+        )
     reuse = "reused from" if calibration.reused else "written to"
     click.echo(f"calibration statistics {reuse} {calibration_options.cache}")
+    return code
+
+
+def _quantize_to_target(
+    fp32, calibration, target, accuracy_target, selection, val, calibration_set, fixed, out, threads, progress
+):
+    """`quantize` with an accuracy target: the search, the final check on --val-data, the latency cost on ONNX
+    Runtime here; the exit code comes from the same rule as a build's (report.target_failure)."""
+    import tempfile
+
+    from .calibration.quantize import write_int8
+    from .calibration.search import best_effort_path, mixed_precision_int8, target_on
+    from .config import Target
+    from .data import first_images
+    from .engines.ort import OrtRunner
+    from .pipeline.benchmark import latency_cost
+    from .pipeline.report import target_failure
+    from .pipeline.validate import ReferenceOutputs, validate
+
+    example = first_images(calibration_set.dataset, 1)
+    twin = target is Target.TENSORRT  # for TensorRT: FP16 between the quantized layers and in the nodes left out
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-search-") as work:
+        search = mixed_precision_int8(
+            fp32, calibration, target, accuracy_target, selection.dataset, selection.describe(), example, Path(work),
+            fixed, threads, progress, fp16_twin=twin,
+        )  # fmt: skip
+        path = out if search.met else best_effort_path(out)
+        excluded, files = [*fixed, *search.excluded], search.chosen_files
+        with OrtRunner(fp32.path, "fp32", "fp32", threads=threads) as runner:
+            reference = ReferenceOutputs.compute(runner, val, fp32.num_classes, progress=progress)
+        with reference, OrtRunner(files["fp32"], "int8", "int8", target.value, threads=threads) as runner:
+            on_val = target_on(accuracy_target, validate(runner, val, reference, progress=progress), "--val-data")
+        cost = []
+        if search.excluded:
+            before = OrtRunner(search.baseline_files["fp32"], "all-int8", "int8", target.value, threads=threads)
+            after = OrtRunner(files["fp32"], "int8", "int8", target.value, threads=threads)
+            engine = f"onnxruntime (cpu){' running the tensorrt-target model' if twin else ''}"
+            cost = [
+                {"engine": engine, **row} for row in latency_cost(before, after, first_images(val, 1), (1,), progress=progress)
+            ]
+        details = {"mixed_precision": {**search.as_dict(), "on_val": on_val, "latency_cost": cost}}
+        fp16_path = path.with_name(f"{path.stem}.fp16{path.suffix}") if twin else None
+        artifact, *_ = write_int8(fp32, calibration, target, files, path, excluded, fp16_path, details)
+    _print_search(details["mixed_precision"])
+    click.echo(
+        f"int8 ({target}): {len(search.excluded)} node(s) left in higher precision, "
+        f"{artifact.details['quantization']['quantized_nodes']} quantized -> {path}"
+        + (f" (+ {fp16_path.name}: FP16 elsewhere, for TensorRT)" if fp16_path else "")
+    )
+    failure = target_failure(f"int8 ({target})", str(path), artifact.details["quantization"])
+    if failure:
+        click.echo(f"FAILED {failure}", err=True)
+    return 1 if failure else 0
+
+
+def _print_search(search: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False, title=f"target: {search['target']['description']}")
+    for title in ("step", "phase", "nodes in higher precision", "top-1 agree", "drop (pts)", "target"):
+        table.add_column(title, justify="right" if title in ("step", "top-1 agree", "drop (pts)") else "left")
+    for i, step in enumerate(search["steps"], 1):
+        drop = step.get("top1_drop_points")
+        table.add_row(
+            str(i), step["phase"], ", ".join(step["excluded"]) or "-", f"{step['top1_agreement'] * 100:.2f}%",
+            "n/a" if drop is None else f"{drop:+.2f}", "met" if step["met"] else "missed",
+        )  # fmt: skip
+    _console().print(table)
+    on_val = search.get("on_val")
+    if on_val:
+        click.echo(
+            f"on --val-data: {on_val['top1_agreement'] * 100:.2f}% top-1 agreement: {'met' if on_val['met'] else 'MISSED'}"
+        )
+    for cost in search.get("latency_cost") or []:
+        click.echo(
+            f"latency cost ({cost['engine']}, batch {cost['batch_size']}): {cost['before_p50_ms']:.3f} -> "
+            f"{cost['after_p50_ms']:.3f} ms p50 ({cost['cost_ms']:+.3f} ms)"
+        )
+
+
+EPILOG_LAYERS = """\b
+Example:
+  resnet-deploy layers --onnx out/model.fp32.onnx --calib-data calib/ --target tensorrt --out layers/
+\b
+Writes DIR/layers.json (every quantized node, most sensitive first), DIR/layers.html (the same with a bar
+chart) and DIR/calib.json. The sensitivity is measured on --select-data, or on images held out of
+--calib-data (calibration draws from the rest). Each node is quantized again without it: one quantization
+and one pass over the selection images per node.
+"""
+
+
+@cli.command(epilog=EPILOG_LAYERS)
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path), help="FP32 ONNX from `export` or `build`.")
+@click.option("--calib-data", required=True, type=click.Path(path_type=Path), help="Calibration images or .npz.")
+@click.option("--target", default="onnxruntime", show_default=True, help="INT8 recipe: onnxruntime or tensorrt.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for layers.json, layers.html, calib.json.")
+@click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration images drawn from --calib-data.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration and selection draws.")
+@click.option("--calib-method", default="entropy", show_default=True, help="max, entropy or percentile.")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--exclude-layers", help="Regex of node names / module paths kept in higher precision throughout.")
+@click.option("--calib-cache", type=click.Path(path_type=Path), help="Statistics cache (default: OUT/calib.json).")
+@click.option("--threads", type=int, help="CPU threads for ONNX Runtime.")
+@click.option("--force", is_flag=True, help="Replace existing files in --out.")
+@_selection_options
+@_common
+def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: Any) -> int:
+    """Per-layer INT8 sensitivity: the SQNR each quantized node adds, and the top-1 agreement quantizing it costs."""
+    from .artifacts import OnnxArtifact, read_onnx, write_json_atomic, write_text_atomic
+    from .calibration.calibrate import CALIB_NAME, CalibrationSet, SelectionSet, calibrate
+    from .calibration.graph import excluded_nodes, load_onnx
+    from .calibration.sensitivity import measure_layers
+    from .config import Target, parse_enum_list
+    from .data import Preprocess, first_images, open_dataset
+    from .pipeline.html import render_layers_html
+
+    targets = parse_enum_list(Target, options["target"], "--target")
+    if len(targets) > 1:
+        raise UserError("layers measures one INT8 recipe: give one --target")
+    _check_limits(options)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    if (out / "layers.json").exists() and not options["force"]:
+        raise UserError(f"{out / 'layers.json'} already exists; pass --force to replace it, or choose another --out")
+    read_onnx(onnx_path)  # refuses a non-ONNX file or unsafe external data before anything reads it
+    fp32 = OnnxArtifact.read(onnx_path)
+    if fp32.precision != "fp32":
+        raise UserError(f"--onnx {onnx_path} is a {fp32.precision} model; give the FP32 ONNX written by export or build")
+    calibration_options = _calibration_options({**options, "calib_cache": options["calib_cache"] or out / CALIB_NAME})
+    fixed = excluded_nodes(load_onnx(fp32.path), calibration_options.exclude_layers)
+    preprocess = Preprocess.from_dict(fp32.preprocess)
+    calib = open_dataset(calib_data, preprocess, option="--calib-data")
+    pool, selection = SelectionSet.split(calib, _selection(options), calibration_options.seed, preprocess)
+    if selection.warning():
+        click.echo(f"warning: {selection.warning()}", err=True)
+    calibration_set = CalibrationSet.draw(pool, calibration_options.size, calibration_options.seed)
+    calibration = calibrate(fp32, calibration_set, calibration_options, options["threads"], progress)
+    if not calibration.reused:
+        calibration.write(calibration_options.cache)
+    example = first_images(calibration_set.dataset, 1)
+    measured = measure_layers(
+        fp32, calibration, targets[0], selection.dataset, selection.describe(), example, fixed, options["threads"], progress
+    )
+    data = measured.as_dict()
+    write_json_atomic(out / "layers.json", data)
+    write_text_atomic(out / "layers.html", render_layers_html(data))
+    _print_layers(data)
+    click.echo(f"layers: {out / 'layers.json'}, {out / 'layers.html'}")
     return 0
+
+
+def _print_layers(data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    full = data["fully_quantized"]
+    title = (
+        f"{data['target']} INT8, fully quantized: {full['top1_agreement'] * 100:.2f}% top-1 agreement on "
+        f"{data['selection']['samples']} images ({data['selection']['origin']})"
+    )
+    table = Table(show_edge=False, pad_edge=False, title=title)
+    for column in ("rank", "node", "module", "op", "SQNR dB", "agreement cost (pts)"):
+        table.add_column(column, justify="right" if column in ("rank", "SQNR dB", "agreement cost (pts)") else "left")
+    for rank, row in enumerate(data["nodes"], 1):
+        sqnr, cost = row.get("sqnr_db"), row.get("top1_agreement_drop_points")
+        table.add_row(
+            str(rank), row["node"], row.get("module") or "", row["op_type"],
+            "n/a" if sqnr is None else f"{sqnr:.2f}", "n/a" if cost is None else f"{cost:+.2f}",
+        )  # fmt: skip
+    _console().print(table)
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)  # a log file or a pipe: do not squeeze tables
 
 
 def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], providers: str, threads: int | None, options):
@@ -726,7 +1005,6 @@ def bench(
 
 def _print_summary(report: dict[str, Any]) -> None:
     """A short table on stdout: accuracy and latency per engine."""
-    from rich.console import Console
     from rich.table import Table
 
     rows = [report["reference"], *report["engines"]] if report["reference"].get("latency") else report["engines"]
@@ -741,7 +1019,8 @@ def _print_summary(report: dict[str, Any]) -> None:
         table.add_column(f"b{b} img/s", justify="right")
     has_accuracy = any(row.get("accuracy") for row in rows)
     for row in rows:
-        cells = [row["name"]]
+        search = (row.get("quantization") or {}).get("mixed_precision")
+        cells = [row["name"] + ("" if not search or search["met"] else " (best effort: target missed)")]
         acc = row.get("accuracy")
         if has_accuracy:
             if row.get("error"):
@@ -760,10 +1039,7 @@ def _print_summary(report: dict[str, Any]) -> None:
             lat = next((x for x in row.get("latency", []) if x["batch_size"] == b), None)
             cells += ["", ""] if lat is None else [f"{lat['p50_ms']:.2f}", f"{lat['throughput_ips']:.1f}"]
         table.add_row(*cells)
-    console = Console()
-    if not console.is_terminal:  # a log file or a pipe: do not squeeze the table to 80 columns
-        console = Console(width=200)
-    console.print(table)
+    _console().print(table)
 
 
 def main() -> None:

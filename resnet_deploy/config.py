@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -174,6 +175,8 @@ LIMITS: dict[str, tuple[int, int]] = {
     "opt_batch_size": (1, MAX_BATCH),
     "calib_size": (1, 10_000_000),
     "seed": (0, 2**32 - 1),
+    "max_excluded": (0, 100_000),  # nodes a mixed-precision search may leave in higher precision
+    "select_size": (1, 10_000_000),
     "openvino_streams": (1, 1024),
 }
 
@@ -273,6 +276,86 @@ def parse_hardware_compat(text: str, option: str = "--hardware-compat") -> Hardw
     return parse_choice(HardwareCompat, text, option)
 
 
+def check_top1_drop(value: float, option: str = "--max-top1-drop") -> float:
+    if not (math.isfinite(value) and 0 <= value <= 100):
+        raise UserError(f"{option} is in points of top-1 (0..100), got {value}")
+    return float(value)
+
+
+def check_top1_agreement(value: float, option: str = "--min-top1-agreement") -> float:
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise UserError(f"{option} is a fraction in (0, 1] (e.g. 0.99), got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """What an INT8 model must keep (`--max-top1-drop`, `--min-top1-agreement`), and how far the mixed-precision
+    search may go to get there (`--max-excluded` nodes left in higher precision). Both limits may be given."""
+
+    max_top1_drop_points: float | None = None  # top-1 on labels: FP32 minus INT8, in points
+    min_top1_agreement: float | None = None  # fraction (0..1] of samples whose top-1 equals the FP32 model's
+    max_excluded: int = 8
+
+    def __post_init__(self) -> None:
+        if self.max_top1_drop_points is None and self.min_top1_agreement is None:
+            raise UserError("an accuracy target needs --max-top1-drop or --min-top1-agreement")
+        if self.max_top1_drop_points is not None:
+            check_top1_drop(self.max_top1_drop_points)
+        if self.min_top1_agreement is not None:
+            check_top1_agreement(self.min_top1_agreement)
+        check_range("max_excluded", self.max_excluded, "--max-excluded")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.max_top1_drop_points is not None
+
+    def met(self, accuracy: Any) -> bool:
+        """Whether an `Accuracy` (validate.py) meets every limit given."""
+        return self.shortfall(accuracy) == 0.0
+
+    def shortfall(self, accuracy: Any) -> float:
+        """Points of top-1 missing to the target (0 when met): the best-effort model is the one missing least."""
+        missing = 0.0
+        if self.min_top1_agreement is not None:
+            missing += max(0.0, (self.min_top1_agreement - accuracy.top1_agreement) * 100.0)
+        if self.max_top1_drop_points is not None:
+            drop = accuracy.top1_drop_points
+            missing += float("inf") if drop is None else max(0.0, drop - self.max_top1_drop_points)
+        return 0.0 if missing < 1e-9 else missing
+
+    def describe(self) -> str:
+        parts = []
+        if self.min_top1_agreement is not None:
+            parts.append(f"top-1 agreement >= {self.min_top1_agreement * 100:.2f}%")
+        if self.max_top1_drop_points is not None:
+            parts.append(f"top-1 drop <= {self.max_top1_drop_points:.2f} points")
+        return " and ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_top1_drop_points": self.max_top1_drop_points,
+            "min_top1_agreement": self.min_top1_agreement,
+            "max_excluded": self.max_excluded,
+            "description": self.describe(),
+        }
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """The images that measure layer sensitivity and choose the excluded nodes (never those that report).
+
+    `data` (--select-data) names them; without it, `size` images are held out of --calib-data (at most
+    half of it) and calibration draws from the rest. `size` (--select-size) caps --select-data too.
+    """
+
+    data: Path | None = None
+    size: int = 256
+
+    def __post_init__(self) -> None:
+        check_range("select_size", self.size, "--select-size")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything `resnet-deploy build` needs. Paths are resolved by the caller."""
@@ -299,8 +382,15 @@ class BuildConfig:
     force: bool = False
     gates: Gates | None = None  # thresholds applied to the report; failures make the build exit 1
     baseline: Path | None = None  # an earlier report.json for max_latency_regression_pct
+    accuracy_target: AccuracyTarget | None = None  # INT8 mixed-precision search (--max-top1-drop, ...)
+    selection: SelectionOptions = field(default_factory=SelectionOptions)
 
     def __post_init__(self) -> None:
+        if self.accuracy_target is not None and Precision.INT8 not in self.precisions:
+            raise UserError(
+                "--max-top1-drop / --min-top1-agreement choose which nodes INT8 keeps in higher precision; "
+                "add int8 to --precision"
+            )
         reduced = [p for p in self.precisions if p is not Precision.FP32]
         if reduced and self.calib_data is None:
             names = ",".join(p.value for p in reduced)
@@ -358,12 +448,27 @@ _TOML_KEYS: dict[str, tuple[type, Any]] = {
     "percentile": ((int, float), check_percentile),
     "exclude_layers": (str, check_regex),
     "calib_cache": (str, None),
+    "max_top1_drop": ((int, float), lambda value, option: check_top1_drop(value, option)),
+    "min_top1_agreement": ((int, float), lambda value, option: check_top1_agreement(value, option)),
+    "max_excluded": (int, None),
+    "select_data": (str, None),
+    "select_size": (int, None),
 }
-PATH_KEYS = frozenset({"weights", "val_data", "calib_data", "out"})
 
 # Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
 PATH_KEYS = frozenset(
-    {"weights", "val_data", "calib_data", "out", "gates", "baseline", "timing_cache", "calib_cache", "openvino_cache_dir"}
+    {
+        "weights",
+        "val_data",
+        "calib_data",
+        "out",
+        "gates",
+        "baseline",
+        "timing_cache",
+        "calib_cache",
+        "select_data",
+        "openvino_cache_dir",
+    }
 )
 
 

@@ -137,7 +137,7 @@ def test_config_file_with_flag_override(workload, tmp_path):
     assert result.exit_code == 2 and "'arch' must be a string" in result.output
 
 
-@pytest.mark.parametrize("command", ["build", "fold", "export", "validate", "bench", "gate", "compare", "report"])
+@pytest.mark.parametrize("command", ["build", "fold", "export", "validate", "bench", "gate", "compare", "report", "layers"])
 def test_help_shows_an_example(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Example:" in result.output and f"resnet-deploy {command}" in result.output

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import OnnxArtifact, sha256_file, write_json_atomic
-from ..data import Dataset
+from ..config import AccuracyTarget, SelectionOptions
+from ..data import Dataset, Preprocess, open_dataset
+from ..errors import UserError
 from ..progress import Progress
 from .methods import CalibrationMethod, CalibrationOptions, TensorRange, tensor_amax
 from .statistics import ActivationStatistics, collect_statistics, settings
@@ -26,6 +28,14 @@ from .statistics import ActivationStatistics, collect_statistics, settings
 SCHEMA = "resnet-deploy/calib/v1"
 KIND = "calibration"
 CALIB_NAME = "calib.json"
+
+
+def draw_indices(available: int, size: int, seed: int) -> list[int]:
+    """`size` of `available` sample indices chosen by `seed`, in file order (all of them when size >= available)."""
+    if size >= available:
+        return list(range(available))
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(available, size=size, replace=False))
 
 
 @dataclass(frozen=True)
@@ -39,13 +49,7 @@ class CalibrationSet:
 
     @classmethod
     def draw(cls, dataset: Dataset, size: int, seed: int) -> "CalibrationSet":
-        available = len(dataset)
-        if size >= available:
-            indices = list(range(available))
-        else:
-            rng = np.random.default_rng(seed)
-            indices = sorted(int(i) for i in rng.choice(available, size=size, replace=False))
-        return cls(dataset.select(indices), size, available, seed)
+        return cls(dataset.select(draw_indices(len(dataset), size, seed)), size, len(dataset), seed)
 
     @cached_property
     def digest(self) -> str:
@@ -62,6 +66,82 @@ class CalibrationSet:
             "requested": self.requested,
             "available": self.available,
             "seed": self.seed,
+        }
+
+
+STEADY_SELECTION = 100  # selection images below which one image is a point of top-1 agreement or more
+
+
+@dataclass(frozen=True)
+class SelectionSet:
+    """The images that measure layer sensitivity and choose the nodes kept in higher precision.
+
+    Never the images that report the final accuracy (`check_disjoint`): a choice fitted to the reporting
+    data would overstate the accuracy it reports.
+    """
+
+    dataset: Dataset
+    origin: str  # "--select-data" or "held out of --calib-data"
+    available: int  # images in the data it was drawn from
+
+    @classmethod
+    def split(
+        cls, calib: Dataset, options: SelectionOptions, seed: int, preprocess: Preprocess
+    ) -> tuple[Dataset, "SelectionSet"]:
+        """(the images calibration may draw from, the selection set).
+
+        With --select-data, `options.size` of its images (seeded) and all of --calib-data for calibration;
+        without it, `options.size` images (at most half) held out of --calib-data and the rest for calibration.
+        """
+        if options.data is not None:
+            data = open_dataset(options.data, preprocess, option="--select-data")
+            return calib, cls(data.select(draw_indices(len(data), options.size, seed)), "--select-data", len(data))
+        available = len(calib)
+        held = draw_indices(available, min(options.size, available // 2), seed)
+        if not held:
+            raise UserError(
+                f"--calib-data {calib.source} has {available} image(s): too few to hold out images that choose the "
+                "nodes kept in higher precision; give more images or --select-data"
+            )
+        kept = sorted(set(range(available)) - set(held))
+        return calib.select(kept), cls(calib.select(held), "held out of --calib-data", available)
+
+    def check(self, val: Dataset | None, target: AccuracyTarget | None) -> None:
+        """Refuse a selection set that shares images with the reporting data, or lacks the labels the target needs."""
+        if val is not None:
+            shared = len(set(self.dataset.sample_keys()) & set(val.sample_keys()))
+            if shared:
+                raise UserError(
+                    f"{shared} of the {len(self.dataset)} images that choose the nodes kept in higher precision "
+                    f"({self.origin}: {self.dataset.source}) are also in --val-data {val.source}, which reports the "
+                    "final accuracy; give --select-data (or --calib-data) disjoint from --val-data"
+                )
+        if target is not None and target.needs_labels:
+            for data, option in [(self.dataset, f"the selection images ({self.origin})"), (val, "--val-data")]:
+                if data is not None and not data.has_labels:
+                    raise UserError(
+                        f"--max-top1-drop compares top-1 with labels, but {option} {data.source} has none (use class "
+                        "subfolders or an .npz 'labels' array); or use --min-top1-agreement, which needs no labels"
+                    )
+
+    def warning(self) -> str | None:
+        """A warning when the selection set is small enough that one image moves the accuracy by a point or more."""
+        count = len(self.dataset)
+        if count >= STEADY_SELECTION:
+            return None
+        return (
+            f"the nodes kept in higher precision are chosen on {count} images ({self.origin}): one image is "
+            f"{100 / count:.1f} points of top-1 agreement; give more with --select-data / --select-size for a steadier choice"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": str(self.dataset.source),
+            "origin": self.origin,
+            "samples": len(self.dataset),
+            "available": self.available,
+            "labels": self.dataset.has_labels,
+            "sha256": self.dataset.content_digest(),
         }
 
 

@@ -1,24 +1,28 @@
-"""Runs ModelOpt's ONNX INT8 quantizer in its own Python process (see quantize._quantize_tensorrt).
+"""Runs ModelOpt's ONNX INT8 quantizer in its own Python process (see quantize.ModelOptSession).
 
-    python -m resnet_deploy.calibration.modelopt_worker '{"onnx_path": ..., "output_path": ...}'
+    python -m resnet_deploy.calibration.modelopt_worker      # then one JSON job a line on stdin
 
-Writes the Q/DQ model with FP32 elsewhere at output_path and, when fp16_output_path is given, the same
-model with FP16 elsewhere: the step `quantize(high_precision_dtype="fp16")` runs at its end
-(`convert_to_f16` with I/O types kept). Exit 0, or 1 with one line on stderr saying why.
+One process serves many jobs (importing ModelOpt takes seconds; a mixed-precision search or `layers`
+quantizes the same model many times). Each job writes the Q/DQ model with FP32 elsewhere at
+output_path and, when fp16_output_path is given, the same model with FP16 elsewhere: the step
+`quantize(high_precision_dtype="fp16")` runs at its end (`convert_to_f16` with I/O types kept), so
+nodes_to_exclude run in FP16 there. Each job gets one reply line on the original stdout:
+{"ok": true} or {"ok": false, "error": "<one line>"}. Everything else anything prints (Python or C
+code) goes to stderr, so the reply channel carries replies only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from .quantize import captured_output
 
 
-def main(argv: list[str]) -> int:
+def quantize_job(job: dict) -> dict:
     import numpy as np
 
-    job = json.loads(argv[0])
     with captured_output() as log:
         try:
             import modelopt.onnx.quantization as moq
@@ -42,10 +46,20 @@ def main(argv: list[str]) -> int:
                 onnx.save(convert_to_f16(model, keep_io_types=True, low_precision_type="fp16"), job["fp16_output_path"])
         except Exception as exc:  # noqa: BLE001 - report any failure as one line to the parent
             detail = str(exc).splitlines()[0][:300] if str(exc) else (log.getvalue().strip().splitlines() or [""])[-1]
-            print(f"{type(exc).__name__}: {detail}", file=sys.__stderr__)
-            return 1
+            return {"ok": False, "error": f"{type(exc).__name__}: {detail}"}
+    return {"ok": True}
+
+
+def main() -> int:
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints (ONNX Runtime's C++ logs too) -> stderr
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        replies.write(json.dumps(quantize_job(json.loads(line))) + "\n")
+        replies.flush()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

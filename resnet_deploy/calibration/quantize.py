@@ -17,12 +17,18 @@ Both quantizers receive the ranges computed from our one statistics pass; neithe
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import io
+import json
 import logging
+import re
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,18 +63,37 @@ def captured_output() -> Iterator[io.StringIO]:
         root.removeHandler(handler)
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=2)
+def _shape_inferred(path: str, *identity: int) -> bytes:
+    """The FP32 model with inferred shapes, serialized: what ONNX Runtime's quantizer starts from.
+
+    Shape inference takes most of a small model's quantization time, and a mixed-precision search or
+    `layers` quantizes the same file dozens of times: kept per file version (inode, size, mtime).
+    """
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    return load_model_with_shape_infer(Path(path)).SerializeToString()
+
+
 def _quantize_onnxruntime(source: Path, calibration: Calibration, excluded: list[str], output: Path) -> None:
+    import onnx
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer, update_opset_version
+    from onnxruntime.quantization.quant_utils import update_opset_version
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     ranges = TensorsData(
         OrtMethod.MinMax,
         {name: TensorData(lowest=np.float32(r.low), highest=np.float32(r.high)) for name, r in calibration.ranges.items()},
     )
-    model = update_opset_version(load_model_with_shape_infer(Path(source)), QuantType.QInt8)
+    model = onnx.ModelProto.FromString(_shape_inferred(str(source), *_identity(Path(source))))
+    model = update_opset_version(model, QuantType.QInt8)
     quantizer = QDQQuantizer(
         model,
         True,  # per_channel
@@ -82,7 +107,68 @@ def _quantize_onnxruntime(source: Path, calibration: Calibration, excluded: list
         {"ActivationSymmetric": False, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["Gemm"]},
     )
     quantizer.quantize_model()
+    read_float_inputs(quantizer.model.model, excluded, load_onnx(source))
     quantizer.model.save_model_to_file(str(output), False)
+
+
+REMOVABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})  # ONNX Runtime's quantizer folds these into the Q range
+
+
+def read_float_inputs(model, excluded: Sequence[str], original) -> list[str]:
+    """Excluded nodes read the FP32 tensors themselves, not their quantize-dequantize round trip; returns them.
+
+    ONNX Runtime's QDQ quantizer leaves an excluded node's weights in FP32 but still feeds it the
+    dequantized INT8 copy of each activation (the producer's output quantization), so "excluded" would
+    keep most of the node's error. Here each such input is wired to the tensor the QuantizeLinear read,
+    as ModelOpt's recipe (Q/DQ on quantized nodes' inputs only) and NNCF's ignored scope do; Q/DQ pairs
+    that no node reads any more are removed. The quantizer also removed each Relu/Clip after a quantized
+    node (the Q range clips instead) and gave its output name to the node before it: where an excluded
+    node now reads such a tensor, a copy of the activation from `original` (the FP32 model) is put back.
+
+    The node reads no DequantizeLinear: ONNX Runtime's WeightBiasQuantization optimizer (which quantizes
+    the FP32 weights of a Conv/Gemm fed by a DequantizeLinear when a session loads) leaves it in FP32,
+    and `graph.quantized_nodes` does not count it.
+    """
+    wanted = set(excluded)
+    made_by, made_by_before = producers(model), producers(original)
+    initializers = {i.name for i in model.graph.initializer}
+    originals = {i.name: i for i in original.graph.initializer}
+    restored: dict[str, str] = {}  # tensor -> its activation put back
+    nodes, rewired = [], []
+    for node in model.graph.node:
+        if node.name in wanted:
+            for index, name in enumerate(node.input):
+                dq = made_by.get(name)
+                q = made_by.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+                if q is None or q.op_type != "QuantizeLinear":
+                    continue
+                tensor = q.input[0]
+                before, now = made_by_before.get(tensor), made_by.get(tensor)
+                folded = before is not None and before.op_type in REMOVABLE_ACTIVATIONS
+                if folded and (now is None or now.op_type != before.op_type):
+                    if tensor not in restored:
+                        restored[tensor] = f"{tensor}_fp32"
+                        activation = copy.deepcopy(before)
+                        activation.name = f"{before.name}_fp32"
+                        activation.input[0], activation.output[0] = tensor, restored[tensor]
+                        for extra in activation.input[1:]:  # Clip's min / max
+                            if extra and extra not in initializers and extra in originals:
+                                model.graph.initializer.append(originals[extra])
+                                initializers.add(extra)
+                        nodes.append(activation)
+                    tensor = restored[tensor]
+                node.input[index] = tensor
+                rewired.append(node.name)
+        nodes.append(node)
+    while True:  # drop Q/DQ nodes nothing reads (a DQ first, then the Q that fed only it)
+        read = {name for node in nodes for name in node.input} | {o.name for o in model.graph.output}
+        kept = [n for n in nodes if n.op_type not in QDQ_OPS or any(o in read for o in n.output)]
+        if len(kept) == len(nodes):
+            break
+        nodes = kept
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return sorted(set(rewired))
 
 
 def write_trt_cache(calibration: Calibration, path: Path) -> None:
@@ -91,19 +177,75 @@ def write_trt_cache(calibration: Calibration, path: Path) -> None:
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _quantize_tensorrt(
-    source: Path, calibration: Calibration, excluded: list[str], input_name: str, example: np.ndarray, outputs: dict[str, Path]
-) -> None:
-    """ModelOpt's quantizer -> outputs["fp32"] (FP32 elsewhere) and, if asked, outputs["fp16"] (FP16 elsewhere).
+class ModelOptSession:
+    """A child Python that runs ModelOpt's quantizer (`modelopt_worker`) for any number of jobs.
 
-    ModelOpt runs in a child Python (`modelopt_worker`): it rewrites ONNX Runtime's quantizer registries
+    ModelOpt runs in its own process because it rewrites ONNX Runtime's quantizer registries
     process-wide (it removes Relu, Reshape, ... from QDQRegistry), which would change every later
-    onnxruntime-target quantization in this process.
+    onnxruntime-target quantization here; one process serves many jobs because importing ModelOpt takes
+    seconds and a mixed-precision search or `layers` quantizes the same model many times.
     """
-    import json
-    import subprocess
-    import sys
 
+    def __init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    def __enter__(self) -> "ModelOptSession":
+        self._log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # a file: never blocks the child
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "resnet_deploy.calibration.modelopt_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def run(self, job: dict) -> None:
+        if self._process is None:
+            raise RuntimeError("ModelOptSession is not active: use it inside a `with` block")
+        try:
+            self._process.stdin.write(json.dumps(job) + "\n")
+            self._process.stdin.flush()
+            line = self._process.stdout.readline()
+        except OSError:
+            line = ""
+        if not line:
+            raise CheckFailed(f"ModelOpt INT8 quantization failed: its worker process ended ({self._last_log_line()})")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise CheckFailed(f"ModelOpt INT8 quantization failed: {reply.get('error')}")
+
+    def _last_log_line(self) -> str:
+        self._log.seek(0)
+        lines = [line for line in self._log.read().splitlines() if line.strip()]
+        return lines[-1][:300] if lines else f"exit code {self._process.poll()}"
+
+
+def _quantize_tensorrt(
+    source: Path,
+    calibration: Calibration,
+    excluded: list[str],
+    input_name: str,
+    example: np.ndarray,
+    outputs: dict[str, Path],
+    session: ModelOptSession,
+) -> None:
+    """ModelOpt's quantizer -> outputs["fp32"] (FP32 elsewhere) and, if asked, outputs["fp16"] (FP16 elsewhere)."""
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-modelopt-") as tmp:
@@ -112,21 +254,16 @@ def _quantize_tensorrt(
             "cache": str(Path(tmp) / "calib.cache"),
             "example": str(Path(tmp) / "example.npy"),
             "input_name": input_name,
-            "nodes_to_exclude": list(excluded),
+            # ModelOpt reads each entry as a regex matched with re.match (a prefix match): 'node_conv2d_1'
+            # would also exclude node_conv2d_10..19. Exact names only.
+            "nodes_to_exclude": [f"^{re.escape(name)}$" for name in excluded],
             "output_path": str(Path(tmp) / "model.onnx"),
             "fp16_output_path": str(Path(tmp) / "model.fp16.onnx") if "fp16" in outputs else None,
         }
         write_trt_cache(calibration, Path(job["cache"]))
         np.save(job["example"], np.ascontiguousarray(example[:1], dtype=np.float32))
-        done = subprocess.run(
-            [sys.executable, "-m", "resnet_deploy.calibration.modelopt_worker", json.dumps(job)],
-            capture_output=True,
-            text=True,
-        )
+        session.run(job)
         written = {"fp32": job["output_path"], "fp16": job["fp16_output_path"]}
-        if done.returncode != 0 or not all(Path(written[k]).is_file() for k in outputs):
-            lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-            raise CheckFailed(f"ModelOpt INT8 quantization failed: {lines[-1][:300] if lines else f'exit {done.returncode}'}")
         for high, path in outputs.items():
             model = onnx.load(written[high])
             _check_tensorrt_graph(model, calibration)
@@ -158,6 +295,89 @@ def _check_tensorrt_graph(model, calibration: Calibration) -> None:
                 raise CheckFailed(f"tensorrt-target INT8 ONNX: the scale of {tensor!r} is not the calibrated one")
 
 
+RECIPES = {
+    Target.ONNXRUNTIME: {
+        "tool": "onnxruntime.quantization.QDQQuantizer",
+        "activations": "uint8 asymmetric per tensor",
+        "weights": "int8 symmetric per channel",
+    },
+    Target.TENSORRT: {
+        "tool": "modelopt.onnx.quantization.quantize",
+        "activations": "int8 symmetric per tensor",
+        "weights": "int8 symmetric per channel",
+    },
+}
+
+
+def make_int8(
+    fp32: OnnxArtifact,
+    calibration: Calibration,
+    target: Target,
+    excluded: Sequence[str],
+    example: np.ndarray,
+    folder: Path,
+    fp16: bool = False,
+    session: ModelOptSession | None = None,
+) -> dict[str, Path]:
+    """Quantize with `excluded` nodes (exact names) left in higher precision, into `folder`: {'fp32': path}
+    (FP32 between the quantized layers) plus {'fp16': path} (FP16 there; tensorrt target only) if `fp16`.
+
+    Ranges come from `calibration` as they are: no pass over any image. No sidecar, no checker: the
+    search's candidates; `write_int8` turns the chosen files into artifacts.
+    """
+    if fp16 and target is not Target.TENSORRT:
+        raise ValueError("an FP16-elsewhere INT8 model is made for the tensorrt target only")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    made = {"fp32": folder / "model.fp32.onnx", **({"fp16": folder / "model.fp16.onnx"} if fp16 else {})}
+    if target is Target.ONNXRUNTIME:
+        _quantize_onnxruntime(fp32.path, calibration, list(excluded), made["fp32"])
+    elif session is not None:
+        _quantize_tensorrt(fp32.path, calibration, list(excluded), fp32.input_name, example, made, session)
+    else:
+        with ModelOptSession() as own:
+            _quantize_tensorrt(fp32.path, calibration, list(excluded), fp32.input_name, example, made, own)
+    return made
+
+
+def write_int8(
+    fp32: OnnxArtifact,
+    calibration: Calibration,
+    target: Target,
+    made: dict[str, Path],
+    path: Path,
+    excluded: Sequence[str],
+    fp16_path: Path | None = None,
+    details: dict | None = None,
+) -> list[OnnxArtifact]:
+    """The files of `make_int8` as artifacts at `path` (and `fp16_path`), checked, with their sidecars;
+    `details` (e.g. the mixed-precision search) join the sidecar's `quantization`."""
+    artifacts = []
+    for high, final in [("fp32", Path(path)), *([("fp16", Path(fp16_path))] if fp16_path else [])]:
+
+        def produce(tmp_path: Path, high: str = high, final: Path = final) -> OnnxArtifact:
+            shutil.copyfile(made[high], tmp_path)
+            model = checked_onnx(tmp_path, f"INT8 ONNX for {target}")
+            quantization = {
+                **calibration.summary(),
+                **RECIPES[target],
+                "high_precision_dtype": high,
+                "format": "QDQ",
+                "quantized_nodes": len(quantized_nodes(model)),
+                "quantize_nodes": count_ops(model, ["QuantizeLinear"]),
+                "dequantize_nodes": count_ops(model, ["DequantizeLinear"]),
+                "excluded_nodes": list(excluded),
+                **(details or {}),
+            }
+            if fp16_path is not None:
+                other = Path(fp16_path) if high == "fp32" else Path(path)
+                quantization["same_qdq_as"] = other.name
+            return derived_artifact(fp32, model, final, "int8", target.value, {"quantization": quantization})
+
+        artifacts.append(write_onnx_artifact(final, produce))
+    return artifacts
+
+
 def quantize_int8(
     fp32: OnnxArtifact,
     calibration: Calibration,
@@ -166,6 +386,7 @@ def quantize_int8(
     example: np.ndarray,
     exclude_layers: str | None = None,
     fp16_path: Path | None = None,
+    session: ModelOptSession | None = None,
 ) -> list[OnnxArtifact]:
     """Write the INT8 Q/DQ ONNX for `target` at `path` (FP32 between the quantized layers, so ONNX Runtime's
     CPU EP runs it exactly); return its artifact, plus, for the tensorrt target with `fp16_path`, the
@@ -173,48 +394,7 @@ def quantize_int8(
 
     `example` is one preprocessed image (ModelOpt's API wants calibration data even with a cache).
     """
-
     excluded = excluded_nodes(load_onnx(fp32.path), exclude_layers)
-    if fp16_path is not None and target is not Target.TENSORRT:
-        raise ValueError("an FP16-elsewhere INT8 model is made for the tensorrt target only")
-    recipes = {
-        Target.ONNXRUNTIME: {
-            "tool": "onnxruntime.quantization.QDQQuantizer",
-            "activations": "uint8 asymmetric per tensor",
-            "weights": "int8 symmetric per channel",
-        },
-        Target.TENSORRT: {
-            "tool": "modelopt.onnx.quantization.quantize",
-            "activations": "int8 symmetric per tensor",
-            "weights": "int8 symmetric per channel",
-        },
-    }
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
-        made = {"fp32": Path(tmp) / "fp32.onnx", **({"fp16": Path(tmp) / "fp16.onnx"} if fp16_path else {})}
-        if target is Target.ONNXRUNTIME:
-            _quantize_onnxruntime(fp32.path, calibration, excluded, made["fp32"])
-        else:
-            _quantize_tensorrt(fp32.path, calibration, excluded, fp32.input_name, example, made)
-        artifacts = []
-        for high, final in [("fp32", Path(path)), *([("fp16", Path(fp16_path))] if fp16_path else [])]:
-
-            def produce(tmp_path: Path, high: str = high, final: Path = final) -> OnnxArtifact:
-                shutil.copyfile(made[high], tmp_path)
-                model = checked_onnx(tmp_path, f"INT8 ONNX for {target}")
-                quantization = {
-                    **calibration.summary(),
-                    **recipes[target],
-                    "high_precision_dtype": high,
-                    "format": "QDQ",
-                    "quantized_nodes": len(quantized_nodes(model)),
-                    "quantize_nodes": count_ops(model, ["QuantizeLinear"]),
-                    "dequantize_nodes": count_ops(model, ["DequantizeLinear"]),
-                    "excluded_nodes": excluded,
-                }
-                if fp16_path is not None:
-                    other = Path(fp16_path) if high == "fp32" else Path(path)
-                    quantization["same_qdq_as"] = other.name
-                return derived_artifact(fp32, model, final, "int8", target.value, {"quantization": quantization})
-
-            artifacts.append(write_onnx_artifact(final, produce))
-    return artifacts
+        made = make_int8(fp32, calibration, target, excluded, example, Path(tmp), fp16_path is not None, session)
+        return write_int8(fp32, calibration, target, made, path, excluded, fp16_path)

@@ -46,6 +46,13 @@ def _preload_cuda_libraries(ort) -> None:
             preload()
 
 
+# ONNX Runtime's graph optimizer that quantizes the FP32 weights of a Conv/Gemm fed by a DequantizeLinear (to
+# per-tensor INT8). A model made for TensorRT is run here to check what TensorRT computes, and TensorRT keeps
+# such a node in FP32 (strongly typed: no Q/DQ on its weights, no INT8): so it is off for those models. Models
+# made for ONNX Runtime feed their FP32 nodes no DequantizeLinear at all (quantize.read_float_inputs).
+NOT_FOR_TENSORRT_MODELS = ("WeightBiasQuantization",)
+
+
 def ort_backend_label(providers: tuple[str, ...]) -> str:
     """`onnxruntime` on the CPU; `onnxruntime-cuda` / `onnxruntime-tensorrt` when a GPU provider comes first."""
     return "onnxruntime" if providers[0] == "cpu" else f"onnxruntime-{providers[0]}"
@@ -90,9 +97,12 @@ class OrtRunner(Runner):
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        disabled = list(NOT_FOR_TENSORRT_MODELS) if self.target == "tensorrt" else []
         read_onnx(self.onnx_path, option="ONNX file")  # refuses unsafe external data before ONNX Runtime reads it
         try:
-            session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=wanted)
+            session = ort.InferenceSession(
+                str(self.onnx_path), sess_options=options, providers=wanted, disabled_optimizers=disabled
+            )
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
             detail = str(exc).splitlines()[0][:200]
             raise UserError(f"ONNX Runtime cannot load {self.onnx_path}: {detail}") from None
@@ -124,6 +134,7 @@ class OrtRunner(Runner):
             "providers": [PROVIDERS[p] for p in self.providers],
             "threads": self.threads,
             "path": str(self.onnx_path),
+            **({"disabled_optimizers": list(NOT_FOR_TENSORRT_MODELS)} if self.target == "tensorrt" else {}),
         }
 
 

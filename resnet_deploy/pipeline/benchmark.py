@@ -119,3 +119,38 @@ def benchmark_all(
         with runner:
             results.append(benchmark(runner, images, options, progress))
     return results
+
+
+def latency_cost(
+    before: Runner,
+    after: Runner,
+    images: np.ndarray,
+    batch_sizes: tuple[int, ...],
+    warmup: int = 5,
+    iterations: int = 20,
+    rounds: int = 2,
+    progress: Progress = Progress(),
+) -> list[dict[str, float]]:
+    """What a change to a model costs in latency: `before` and `after` each in its own warmed block, the
+    two blocks alternating for `rounds`; p50 of all the calls per batch size, and the difference."""
+    samples: dict[tuple[int, int], list[float]] = {}
+    for _ in progress.track(range(rounds), total=rounds, description=f"latency cost {after.name}"):
+        for which, runner in enumerate((before, after)):
+            with runner:
+                for batch_size in batch_sizes:
+                    timed, _ = time_calls(runner, make_batch(images, batch_size), warmup, iterations, max_seconds=30.0)
+                    samples.setdefault((which, batch_size), []).extend(timed.tolist())
+    rows = []
+    for batch_size in batch_sizes:
+        old, new = (float(np.median(samples[(which, batch_size)])) for which in (0, 1))
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "before_p50_ms": round(old, 4),
+                "after_p50_ms": round(new, 4),
+                "cost_ms": round(new - old, 4),
+                "cost_pct": round((new / old - 1.0) * 100.0, 2) if old > 0 else None,
+                "calls": len(samples[(1, batch_size)]),
+            }
+        )
+    return rows

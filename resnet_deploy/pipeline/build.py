@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..artifacts import OnnxArtifact, staged_output_dir
-from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet, calibrate
+from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet, SelectionSet, calibrate
 from ..calibration.fp16 import convert_fp16
 from ..calibration.graph import excluded_nodes, load_onnx
-from ..calibration.quantize import quantize_int8
+from ..calibration.quantize import make_int8, write_int8
+from ..calibration.search import MixedPrecision, best_effort_path, mixed_precision_int8, target_on
 from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, SkipSummary, first_images, open_dataset
+from ..engines.base import Runner
 from ..engines.pytorch import PyTorchRunner
+from ..engines.trt import BatchProfile
 from ..models import load_model
 from ..progress import Progress
-from .benchmark import benchmark_all
+from .benchmark import benchmark_all, latency_cost
 from .export import export_onnx
 from .fold import fold_and_verify, save_folded
-from .plan import build_engines, check_engine_options, plan_engines
-from .report import Report, environment, read_report
+from .plan import EngineSpec, build_engines, check_engine_options, plan_engines
+from .report import EngineResult, Report, environment, read_report
 from .validate import validate_all
 
 CHECK_IMAGES = 32  # real images used by the fold and export checks
@@ -29,7 +34,6 @@ CHECK_IMAGES = 32  # real images used by the fold and export checks
 FOLDED_NAME = "model.folded.safetensors"
 FP32_NAME = "model.fp32.onnx"
 FP16_NAME = "model.fp16.onnx"
-INT8_TRT_FP16_NAME = "model.int8-tensorrt.fp16.onnx"  # INT8 + FP16 elsewhere: for TensorRT only
 
 
 class StageTimer:
@@ -69,39 +73,79 @@ def _warnings(val: Dataset, calibration_set: CalibrationSet | None) -> list[str]
     ]
 
 
-def _reduced_precision(
-    config: BuildConfig, fp32: OnnxArtifact, calibration_set: CalibrationSet, stage: Path, timer: StageTimer, progress: Progress
-) -> tuple[list[OnnxArtifact], list[OnnxArtifact], Calibration]:
-    """Calibrate once, then the FP16 model and one INT8 model per target, all from the same statistics.
+@dataclass
+class ReducedPrecision:
+    """What the precision stages made: models to validate, models for TensorRT only, the calibration, and the
+    mixed-precision search of each INT8 target that had an accuracy target (by the file names of its models)."""
 
-    Returns the models to validate, the models made for TensorRT only, and the calibration.
-    """
+    made: list[OnnxArtifact]
+    tensorrt_only: list[OnnxArtifact]
+    calibration: Calibration
+    searches: dict[str, MixedPrecision] = field(default_factory=dict)
+
+
+def _reduced_precision(
+    config: BuildConfig,
+    fp32: OnnxArtifact,
+    calibration_set: CalibrationSet,
+    selection: SelectionSet | None,
+    stage: Path,
+    work: Path,
+    timer: StageTimer,
+    progress: Progress,
+) -> ReducedPrecision:
+    """Calibrate once, then the FP16 model and one INT8 model per target, all from the same statistics
+    (with an accuracy target, each INT8 model is the mixed-precision search's, search.py)."""
     options = config.calibration
-    excluded_nodes(load_onnx(fp32.path), options.exclude_layers)  # a pattern matching nothing fails before calibrating
+    fixed = excluded_nodes(load_onnx(fp32.path), options.exclude_layers)  # a pattern matching nothing fails early
     with timer("calibrate"):
         calibration = calibrate(fp32, calibration_set, options, config.threads, progress)
         calibration.write(stage / CALIB_NAME)
-    made: list[OnnxArtifact] = []
+    result = ReducedPrecision([], [], calibration)
     if Precision.FP16 in config.precisions:
         with timer("fp16"):
-            made.append(convert_fp16(fp32, calibration, stage / FP16_NAME, options.exclude_layers))
-        progress.log(f"FP16: {made[-1].details['fp16']['fp16_nodes']} nodes in FP16 -> {FP16_NAME}")
-    extra: list[OnnxArtifact] = []
-    if Precision.INT8 in config.precisions:
-        example = first_images(calibration_set.dataset, 1)
-        for target in config.targets:
-            name = int8_name(target)
-            # TensorRT wants FP16 between the quantized layers when FP16 is asked too; ONNX Runtime's CPU EP
-            # cannot run such a graph exactly, so it validates the FP32-elsewhere twin (same Q/DQ).
-            fp16_twin = stage / INT8_TRT_FP16_NAME if target is Target.TENSORRT and Precision.FP16 in config.precisions else None
-            with timer(f"quantize-{target}"):
-                validated, *twin = quantize_int8(
-                    fp32, calibration, target, stage / name, example, options.exclude_layers, fp16_twin
+            result.made.append(convert_fp16(fp32, calibration, stage / FP16_NAME, options.exclude_layers))
+        progress.log(f"FP16: {result.made[-1].details['fp16']['fp16_nodes']} nodes in FP16 -> {FP16_NAME}")
+    if Precision.INT8 not in config.precisions:
+        return result
+    example = first_images(calibration_set.dataset, 1)
+    for target in config.targets:
+        # TensorRT gets FP16 between the quantized layers (and in the nodes a search leaves out) when FP16 is asked
+        # or an accuracy target is set; ONNX Runtime's CPU EP cannot run such a graph exactly, so it validates the
+        # FP32-elsewhere twin (same Q/DQ).
+        twin = target is Target.TENSORRT and (Precision.FP16 in config.precisions or config.accuracy_target is not None)
+        name, details, excluded = int8_name(target), None, fixed
+        if config.accuracy_target is None:
+            with timer(f"quantize-{target}"), tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
+                files = make_int8(fp32, calibration, target, fixed, example, Path(tmp), twin)
+                validated, *extra = _write_int8(fp32, calibration, target, files, stage, name, excluded, twin, None)
+        else:
+            with timer(f"search-{target}"):
+                search = mixed_precision_int8(
+                    fp32, calibration, target, config.accuracy_target, selection.dataset, selection.describe(), example,
+                    work / target.value, fixed, config.threads, progress, fp16_twin=twin,
+                )  # fmt: skip
+                excluded, details = [*fixed, *search.excluded], {"mixed_precision": search.as_dict()}
+                name = name if search.met else best_effort_path(Path(name)).name
+                validated, *extra = _write_int8(
+                    fp32, calibration, target, search.chosen_files, stage, name, excluded, twin, details
                 )
-            made.append(validated)
-            extra += twin
-            progress.log(f"INT8 ({target}): {validated.details['quantization']['quantized_nodes']} quantized nodes -> {name}")
-    return made, extra, calibration
+            result.searches.update({a.path.name: search for a in [validated, *extra]})
+            progress.log(
+                f"INT8 ({target}): {search.outcome.chosen.accuracy.top1_agreement * 100:.2f}% top-1 agreement on the "
+                f"selection images with {len(search.excluded)} node(s) in higher precision: "
+                + ("target met" if search.met else "TARGET MISSED (best effort)")
+            )
+        result.made.append(validated)
+        result.tensorrt_only += extra
+        progress.log(f"INT8 ({target}): {validated.details['quantization']['quantized_nodes']} quantized nodes -> {name}")
+    return result
+
+
+def _write_int8(fp32, calibration, target, files, stage: Path, name: str, excluded, twin: bool, details):
+    """model.int8-<target>.onnx (+ model.int8-<target>.fp16.onnx: INT8 + FP16 elsewhere, for TensorRT only)."""
+    fp16_path = stage / name.replace(".onnx", ".fp16.onnx") if twin else None
+    return write_int8(fp32, calibration, target, files, stage / name, excluded, fp16_path, details)
 
 
 def int8_name(target: Target) -> str:
@@ -118,11 +162,15 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         val = open_dataset(config.val_data, model.preprocess, option="--val-data")
         calib = open_dataset(config.calib_data, model.preprocess, option="--calib-data") if config.calib_data else None
         check_images = first_images(calib or val, CHECK_IMAGES)
-        calibration_set = CalibrationSet.draw(calib, config.calibration.size, config.calibration.seed) if reduced else None
+        pool, selection = calib, None
+        if config.accuracy_target is not None:  # the images that choose the nodes: held out, never --val-data
+            pool, selection = SelectionSet.split(calib, config.selection, config.calibration.seed, model.preprocess)
+            selection.check(val, config.accuracy_target)
+        calibration_set = CalibrationSet.draw(pool, config.calibration.size, config.calibration.seed) if reduced else None
     progress.log(f"loaded {model.arch} ({model.num_classes} classes, input {'x'.join(map(str, model.preprocess.input_size))})")
-    warnings = _warnings(val, calibration_set)
+    warnings = _warnings(val, calibration_set) + ([selection.warning()] if selection and selection.warning() else [])
 
-    with staged_output_dir(config.out, config.force) as stage:
+    with staged_output_dir(config.out, config.force) as stage, tempfile.TemporaryDirectory(prefix="resnet-deploy-") as work:
         with timer("fold"):
             folded, fold = fold_and_verify(model, check_images)
             save_folded(folded, model, fold, stage / FOLDED_NAME)
@@ -132,10 +180,15 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         progress.log(f"exported ONNX opset {fp32.opset}, parity {fp32.details['parity']['max_abs_diff']:.2e}")
 
         artifacts = [fp32] if Precision.FP32 in config.precisions else []
-        calibration, tensorrt_only = None, []
+        calibration, tensorrt_only, searches = None, [], {}
         if calibration_set is not None:
-            made, tensorrt_only, calibration = _reduced_precision(config, fp32, calibration_set, stage, timer, progress)
-            artifacts += made
+            reduced_models = _reduced_precision(config, fp32, calibration_set, selection, stage, Path(work), timer, progress)
+            artifacts += reduced_models.made
+            calibration, tensorrt_only, searches = (
+                reduced_models.calibration,
+                reduced_models.tensorrt_only,
+                reduced_models.searches,
+            )
         specs = plan_engines(artifacts, config, tensorrt_only)
         with timer("engines"):
             results, maybe_runners, engine_notes = build_engines(specs, config, stage, profile, progress)
@@ -150,6 +203,9 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         for (result, runner), accuracy, latency in zip(runnable, accuracies, latencies):
             result.accuracy, result.latency = accuracy, latency
             result.details = {**result.details, "runtime": runner.describe()}
+        if searches:
+            with timer("latency-cost"):
+                _mixed_precision_results(specs, results, maybe_runners, searches, config, sample, Path(work), profile, progress)
 
         ref_top1 = next((r.accuracy.top1_ref for r in results if r.accuracy and r.accuracy.top1_ref is not None), None)
         ref_top5 = next((r.accuracy.top5_ref for r in results if r.accuracy and r.accuracy.top5_ref is not None), None)
@@ -171,7 +227,11 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
                 "top5": ref_top5,
             },
             engines=results,
-            data={"val": _data_summary(val), **({"calib": _data_summary(calib)} if calib else {})},
+            data={
+                "val": _data_summary(val),
+                **({"calib": _data_summary(calib)} if calib else {}),
+                **({"selection": selection.describe()} if selection else {}),
+            },
             environment=environment(config.threads),
             stages=timer.seconds,
             warnings=warnings,
@@ -197,6 +257,44 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             )
         report.write(stage)
     return report
+
+
+def _mixed_precision_results(
+    specs: list[EngineSpec],
+    results: list[EngineResult],
+    runners: list[Runner | None],
+    searches: dict[str, MixedPrecision],
+    config: BuildConfig,
+    images,
+    work: Path,
+    profile: BatchProfile,
+    progress: Progress,
+) -> None:
+    """For each engine of a searched model: the target checked on --val-data, and the latency the nodes left in
+    higher precision cost on that engine (the fully quantized model timed before, the chosen one after)."""
+    options = config.benchmark
+    for spec, result, runner in zip(specs, results, runners):
+        search = searches.get(spec.artifact.path.name)
+        if search is None:
+            continue
+        record = {**result.quantization["mixed_precision"], "on_val": target_on(search.target, result.accuracy, "--val-data")}
+        if runner is not None and search.excluded:
+            before = _baseline_runner(spec, search, config, work, profile)
+            rows = latency_cost(before, runner, images, options.batch_sizes, progress=progress)
+            record["latency_cost"] = [{"engine": result.name, **row} for row in rows]
+        result.quantization = {**result.quantization, "mixed_precision": record}
+
+
+def _baseline_runner(spec: EngineSpec, search: MixedPrecision, config: BuildConfig, work: Path, profile: BatchProfile) -> Runner:
+    """A runner of the fully quantized model on the same kind of engine as `spec` (before the search)."""
+    if not spec.is_tensorrt:  # ONNX Runtime, OpenVINO: the same engine settings on the fully quantized ONNX
+        return replace(spec, artifact=replace(spec.artifact, path=search.baseline_files["fp32"])).runner(config, work)
+    from ..engines.trt import TensorRTRunner, build_engine
+
+    twin = search.baseline_twin(work / "baseline-twin")  # FP16 elsewhere, as the engine that was built
+    baseline = replace(spec.artifact, path=twin)
+    engine = build_engine(baseline, work / "baseline.engine", config.tensorrt, profile)
+    return TensorRTRunner(engine.path, name=f"{spec.name}-all-int8", cuda_graph=config.tensorrt.cuda_graph)
 
 
 def _calibration_summary(calibration: Calibration, path: Path) -> dict[str, object]:

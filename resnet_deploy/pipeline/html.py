@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -223,6 +224,33 @@ def _draw_scatter(points: list[tuple[str, float, float, dict[str, str]]], ylabel
     return draw, (8.4, 3.6)
 
 
+SENSITIVITY_BARS = 40  # the most sensitive nodes shown in the bar chart
+
+
+def _draw_sensitivity(rows: list[dict[str, Any]], excluded: set[str]):
+    """Horizontal bars, most sensitive at the top: the SQNR each node adds and, when measured (layers.json),
+    the top-1 agreement quantizing it costs. Nodes left in higher precision are drawn in red."""
+    rows = rows[:SENSITIVITY_BARS]
+    with_drop = any(r.get("top1_agreement_drop_points") is not None for r in rows)
+
+    def draw(fig) -> None:
+        axes = fig.subplots(1, 2 if with_drop else 1, squeeze=False, sharey=True)[0]
+        labels = [f"{r['node']} ({r['module']})" if r.get("module") else r["node"] for r in rows]
+        colors = [COLORS[1] if r["node"] in excluded else COLORS[0] for r in rows]
+        positions = list(range(len(rows)))
+        axes[0].barh(positions, [math.nan if r.get("sqnr_db") is None else r["sqnr_db"] for r in rows], color=colors)
+        axes[0].set_xlabel("SQNR the node adds (dB), lower is worse")
+        axes[0].set_yticks(positions, labels, fontsize=7)
+        axes[0].invert_yaxis()
+        if with_drop:
+            axes[1].barh(positions, [r.get("top1_agreement_drop_points") or 0.0 for r in rows], color=colors)
+            axes[1].set_xlabel("top-1 agreement quantizing it costs (points)")
+        if excluded:
+            axes[0].set_title("red: left in higher precision", fontsize=8, loc="left")
+
+    return draw, (9.0 if with_drop else 7.0, max(2.4, 0.2 * len(rows) + 1.0))
+
+
 def plot_figures(report: dict[str, Any]) -> Iterator[str]:
     """Every plot of the report as <figure> HTML."""
     plots = _Plots()
@@ -350,6 +378,83 @@ def _gates_section(gates: dict[str, Any] | None) -> str:
     return f"<h2>Gates</h2><p>{status}{baseline}</p>{warnings}" + _table(["", "engine", "gate", "result"], rows, text_columns=4)
 
 
+def _mixed_precision_section(report: dict[str, Any]) -> str:
+    rows = [e for e in report["engines"] if (e.get("quantization") or {}).get("mixed_precision") and not e.get("error")]
+    if not rows:
+        return ""
+    parts = ["<h2>Mixed precision (accuracy target)</h2>"]
+    plots = _Plots()
+    for engine in rows:
+        search = engine["quantization"]["mixed_precision"]
+        selection, on_val = search["selection"], search.get("on_val")
+        status = (
+            '<span class="pass">target met</span>' if search["met"] else '<span class="fail">target missed: best effort</span>'
+        )
+        facts = [
+            ["target", _esc(f"{search['target']['description']}, at most {search['target']['max_excluded']} nodes in "
+                            f"higher precision ({search['high_precision']})")],
+            ["chosen on", _esc(f"{selection['samples']} images, {selection['origin']} ({selection['source']}), disjoint "
+                               "from --val-data")],
+            ["in higher precision", _esc(", ".join(search["excluded"]) or "none")],
+        ]  # fmt: skip
+        if on_val:
+            verdict = '<span class="pass">met</span>' if on_val["met"] else '<span class="fail">missed</span>'
+            facts.append(["on --val-data", f"{_pct(on_val['top1_agreement'])} top-1 agreement: {verdict}"])
+        facts += [
+            [
+                _esc(f"latency cost, batch {c['batch_size']}"),
+                _esc(f"{c['before_p50_ms']:.3f} -> {c['after_p50_ms']:.3f} ms p50 on {c['engine']} ({c['cost_ms']:+.3f} ms)"),
+            ]
+            for c in search.get("latency_cost") or []
+        ]
+        steps = [
+            [str(i), _esc(s["phase"]), str(len(s["excluded"])), _pct(s["top1_agreement"]),
+             _num(s.get("top1_drop_points"), "+.2f"), '<span class="pass">met</span>' if s["met"] else "missed"]
+            for i, s in enumerate(search["steps"], 1)
+        ]  # fmt: skip
+        parts.append(f"<h3>{_esc(engine['name'])}: {status}</h3>" + _table(["", ""], facts, text_columns=2))
+        parts.append(
+            _table(["step", "phase", "nodes in higher precision", "top-1 agreement", "top-1 drop (pts)", "target"], steps, 2)
+        )
+        if search.get("sensitivity"):
+            draw, size = _draw_sensitivity(search["sensitivity"], set(search["excluded"]))
+            caption = f"{engine['name']}: the most sensitive quantized nodes (SQNR each adds on the selection images)"
+            parts.append(plots.render("layer-sensitivity", caption, draw, size, engine=engine["name"]))
+    return "".join(parts)
+
+
+def _layers_section(layers: dict[str, Any] | None, heading: str = "h2") -> str:
+    """`resnet-deploy layers` results (layers.json): the bar chart and the table, most sensitive first."""
+    if not layers:
+        return ""
+    rows = layers["nodes"]
+    draw, size = _draw_sensitivity(rows, set())
+    figure = _Plots().render("layer-sensitivity", "per-node sensitivity, most sensitive first", draw, size)
+    header = ["node", "module", "op", "SQNR (dB)", "agreement cost (pts)", "agreement with it unquantized"]
+    cells = [
+        [_esc(r["node"]), _esc(r.get("module") or ""), _esc(r["op_type"]), _num(r.get("sqnr_db"), ".2f"),
+         _num(r.get("top1_agreement_drop_points"), "+.2f"), _pct(r.get("top1_agreement_unquantized"))]
+        for r in rows
+    ]  # fmt: skip
+    full = layers["fully_quantized"]
+    return (
+        f"<{heading}>Per-layer INT8 sensitivity: {_esc(layers['model']['arch'])} ({_esc(layers['target'])} target)"
+        f"</{heading}><p>Fully quantized: {_pct(full['top1_agreement'])} top-1 agreement with the FP32 model on "
+        f"{_esc(layers['selection']['samples'])} images ({_esc(layers['selection']['origin'])}). Agreement cost: "
+        "the points of top-1 agreement the model gains when only that node is left unquantized.</p>"
+        + figure
+        + _table(header, cells, text_columns=3)
+    )
+
+
+def render_layers_html(layers: dict[str, Any]) -> str:
+    """The page `resnet-deploy layers` writes beside layers.json: the table and the bar chart."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+        f"<title>resnet-deploy layers</title><style>{CSS}</style></head><body>{_layers_section(layers, 'h1')}</body></html>\n"
+    )
+
+
 def _environment_section(report: dict[str, Any]) -> str:
     host, versions = report.get("host", {}), report.get("versions", {})
     rows = [[_esc(k), _esc(v)] for k, v in host.items()] + [[_esc(k), _esc(v)] for k, v in versions.items() if v]
@@ -362,8 +467,9 @@ def _notes_section(report: dict[str, Any]) -> str:
     return f"<h2>Notes</h2><ul>{''.join(items)}</ul>" if items else ""
 
 
-def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None) -> str:
-    """The page for a report dict; `gates` (a GateReport dict) defaults to the report's own gate results."""
+def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None, layers: dict[str, Any] | None = None) -> str:
+    """The page for a report dict; `gates` (a GateReport dict) defaults to the report's own gate results;
+    `layers` (a layers.json, `resnet-deploy layers`) adds the per-layer sensitivity chart and table."""
     gates = gates if gates is not None else report.get("gates")
     arch = _esc(report["model"].get("arch", "?"))
     checks = (
@@ -380,6 +486,8 @@ def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None) -> 
             _accuracy_section(report),
             _latency_section(report),
             _plots_section(report),
+            _mixed_precision_section(report),
+            _layers_section(layers),
             _environment_section(report),
             _notes_section(report),
         ]

@@ -93,7 +93,10 @@ def plan_engines(
                 specs.append(EngineSpec(model, Engine.OPENVINO.value, out / model.path.name, compute_precision="bf16"))
         if Target.TENSORRT in config.targets and model.target in (None, Target.TENSORRT.value):
             source = twins.get(model.path.name, model)
-            specs.append(EngineSpec(source, "tensorrt", out / engine_file_name(model.precision)))
+            engine = engine_file_name(model.precision)
+            if ".best-effort." in model.path.name:  # a mixed-precision search missed its target: say so here too
+                engine = engine.replace(".engine", ".best-effort.engine")
+            specs.append(EngineSpec(source, "tensorrt", out / engine))
     return specs
 
 

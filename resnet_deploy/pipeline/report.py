@@ -76,6 +76,28 @@ class EngineResult:
         }
 
 
+def target_failure(name: str, path: str | None, quantization: dict[str, Any] | None) -> str | None:
+    """Why an engine of a mixed-precision INT8 model fails its accuracy target (None when it does not)."""
+    search = (quantization or {}).get("mixed_precision")
+    if not search:
+        return None
+    target = search["target"]
+    if not search["met"]:
+        model = Path(path).name if path else "the model"
+        return (
+            f"{name}: {target['description']} not met on the selection images with up to {target['max_excluded']} "
+            f"node(s) in higher precision; {model} is the best effort found ({len(search['excluded'])} node(s) kept)"
+        )
+    on_val = search.get("on_val")
+    if on_val and not on_val["met"]:
+        drop = "" if on_val.get("top1_drop_points") is None else f", top-1 drop {on_val['top1_drop_points']:+.2f} points"
+        return (
+            f"{name}: {target['description']} met on the selection images but missed on --val-data "
+            f"(top-1 agreement {on_val['top1_agreement'] * 100:.2f}%{drop})"
+        )
+    return None
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -160,7 +182,9 @@ class Report:
 
     @property
     def failures(self) -> list[str]:
-        return [f"{e.name}: {e.accuracy.nonfinite_outputs} outputs are NaN/Inf" for e in self.engines if e.failed]
+        nonfinite = [f"{e.name}: {e.accuracy.nonfinite_outputs} outputs are NaN/Inf" for e in self.engines if e.failed]
+        missed = [target_failure(e.name, e.path, e.quantization) for e in self.engines if e.error is None]
+        return nonfinite + [m for m in missed if m]
 
     @property
     def return_code(self) -> int:
@@ -266,9 +290,46 @@ class _Shape:
                 for key in _ACCURACY_NUMBERS:
                     self.number(accuracy.get(key), f"engines[{i}].accuracy.{key}")
             self.latency(engine.get("latency", []), f"engines[{i}].latency")
+            if engine.get("quantization") is not None:
+                quantization = self.dict(engine["quantization"], f"engines[{i}].quantization")
+                if quantization.get("mixed_precision") is not None:
+                    self.mixed_precision(quantization["mixed_precision"], f"engines[{i}].quantization.mixed_precision")
         if data.get("gates") is not None:
             self.gates(data["gates"])
         return data
+
+    def rows(self, value: Any, where: str, strings: tuple[str, ...], numbers: tuple[str, ...], flags: tuple[str, ...] = ()):
+        """Each item of a list: an object whose `strings` keys are strings, `numbers` numbers (null allowed for the
+        keys after a '?' entry), `flags` booleans."""
+        optional = numbers[numbers.index("?") + 1 :] if "?" in numbers else ()
+        for i, row in enumerate(self.list(value, where)):
+            row = self.dict(row, f"{where}[{i}]")
+            for key in strings:
+                if not isinstance(row.get(key), str):
+                    raise self.fail(f"{where}[{i}].{key}", "must be a string")
+            for key in (k for k in numbers if k != "?"):
+                self.number(row.get(key), f"{where}[{i}].{key}")
+                if key not in optional and row.get(key) is None:
+                    raise self.fail(f"{where}[{i}].{key}", "must be a number")
+            for key in flags:
+                if not isinstance(row.get(key), bool):
+                    raise self.fail(f"{where}[{i}].{key}", "must be true or false")
+            if "excluded" in row:
+                self.strings(row["excluded"], f"{where}[{i}].excluded")
+
+    def mixed_precision(self, search: Any, where: str) -> None:
+        """What report.md / report.html read of a mixed-precision search (quantization.mixed_precision)."""
+        search = self.dict(search, where)
+        self.rows([search], where, ("status", "high_precision"), (), ("met",))
+        self.rows([search.get("target")], f"{where}.target", ("description",), ("max_excluded",))
+        self.rows([search.get("selection")], f"{where}.selection", ("source", "origin"), ("samples",))
+        self.strings(search.get("excluded"), f"{where}.excluded")
+        self.rows(search.get("steps"), f"{where}.steps", ("phase",), ("top1_agreement", "?", "top1_drop_points"), ("met",))
+        self.rows(search.get("sensitivity", []), f"{where}.sensitivity", ("node",), ("?", "sqnr_db"))
+        costs = ("batch_size", "before_p50_ms", "after_p50_ms", "cost_ms", "?", "cost_pct")
+        self.rows(search.get("latency_cost") or [], f"{where}.latency_cost", ("engine",), costs)
+        if search.get("on_val") is not None:
+            self.rows([search["on_val"]], f"{where}.on_val", (), ("top1_agreement", "?", "top1_drop_points"), ("met",))
 
     def strings(self, value: Any, where: str) -> None:
         for i, item in enumerate(self.list(value, where)):
@@ -306,6 +367,30 @@ def read_report(path: Path, what: str = "report") -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise UserError(f"{label} is not valid JSON ({exc}); give the report.json written by resnet-deploy build") from None
     return _Shape(label).report(data)
+
+
+LAYERS_SCHEMA = "resnet-deploy/layers/v1"
+
+
+def read_layers(path: Path) -> dict[str, Any]:
+    """A layers.json (`resnet-deploy layers`) read back and checked for what report.html draws from it."""
+    label = f"layers file {path}"
+    fix = "give the layers.json written by resnet-deploy layers"
+    text = read_user_text(Path(path), label, fix)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{label} is not valid JSON ({exc}); {fix}") from None
+    shape = _Shape(label)
+    if not isinstance(data, dict) or data.get("schema") != LAYERS_SCHEMA:
+        raise UserError(f"{label} is not a resnet-deploy layers file (expected schema {LAYERS_SCHEMA!r}); {fix}")
+    shape.rows([data], "the top level", ("target",), ())
+    shape.rows([data.get("model")], "model", ("arch",), ())
+    shape.rows([data.get("selection")], "selection", ("origin",), ("samples",))
+    shape.rows([data.get("fully_quantized")], "fully_quantized", (), ("top1_agreement",))
+    numbers = ("?", "sqnr_db", "top1_agreement_drop_points", "top1_agreement_unquantized")
+    shape.rows(data.get("nodes"), "nodes", ("node", "op_type"), numbers)
+    return data
 
 
 _HOST_KEYS = ("cpu", "machine", "cpu_count", "threads", "gpu")
@@ -400,6 +485,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         if any(row.get("gpu_p50_ms") is not None for e in report["engines"] for row in e.get("latency", [])):
             lines += ["", "GPU engines: end-to-end time with host copies (GPU compute time alone in brackets)."]
     lines += _precision_section(report)
+    lines += _mixed_precision_section(report)
     if report.get("stages"):
         lines += ["", "## Stages (wall seconds)", ""]
         lines += [f"- {name}: {seconds:.1f}" for name, seconds in report["stages"].items()]
@@ -445,4 +531,51 @@ def _precision_section(report: dict[str, Any]) -> list[str]:
             f"| {engine['name']} | {q.get('tool', '')} | {method} | {q.get('samples', '')} | "
             f"{q.get('quantized_nodes', q.get('fp16_nodes', ''))} | {', '.join(kept) if kept else 'none'} |"
         )
+    return lines
+
+
+def _step_cells(step: dict[str, Any]) -> str:
+    drop = step.get("top1_drop_points")
+    return f"{_pct(step['top1_agreement'])} | {_num(drop, '+.2f')} | {'met' if step['met'] else 'missed'}"
+
+
+def _mixed_precision_section(report: dict[str, Any]) -> list[str]:
+    """Per engine of a searched INT8 model: target, data, steps, the nodes kept, the latency they cost."""
+    rows = [e for e in report["engines"] if (e.get("quantization") or {}).get("mixed_precision") and not e.get("error")]
+    if not rows:
+        return []
+    lines = ["", "## Mixed precision (accuracy target)"]
+    for engine in rows:
+        search = engine["quantization"]["mixed_precision"]
+        selection, on_val = search["selection"], search.get("on_val")
+        modules = {r["node"]: r.get("module") for r in search.get("sensitivity", [])}
+        kept = [f"{n} ({modules[n]})" if modules.get(n) else n for n in search["excluded"]]
+        status = "target met" if search["met"] else "**TARGET MISSED: best effort**"
+        lines += [
+            "",
+            f"### {engine['name']}: {status}",
+            "",
+            f"- target: {search['target']['description']}, at most {search['target']['max_excluded']} nodes in higher "
+            f"precision ({search['high_precision']})",
+            f"- chosen on {selection['samples']} images ({selection['origin']}: {selection['source']}), disjoint from --val-data",
+            f"- nodes in higher precision: {', '.join(kept) if kept else 'none'}",
+        ]
+        if on_val:
+            lines.append(
+                f"- on --val-data: top-1 agreement {_pct(on_val['top1_agreement'])}"
+                + ("" if on_val.get("top1_drop_points") is None else f", top-1 drop {on_val['top1_drop_points']:+.2f} points")
+                + f": {'met' if on_val['met'] else '**missed**'}"
+            )
+        for cost in search.get("latency_cost") or []:
+            lines.append(
+                f"- latency cost on {cost['engine']}, batch {cost['batch_size']}: {cost['before_p50_ms']:.3f} -> "
+                f"{cost['after_p50_ms']:.3f} ms p50 ({cost['cost_ms']:+.3f} ms, {_num(cost.get('cost_pct'), '+.1f')}%)"
+            )
+        lines += [
+            "",
+            "| step | phase | nodes in higher precision | top-1 agreement | top-1 drop (pts) | target |",
+            "|---|---|---|---|---|---|",
+        ]
+        for i, step in enumerate(search["steps"], 1):
+            lines.append(f"| {i} | {step['phase']} | {len(step['excluded'])} | {_step_cells(step)} |")
     return lines
