@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 import traceback
@@ -43,6 +44,9 @@ def _common(fn: Callable[..., int | None]) -> Callable[..., None]:
         except KeyboardInterrupt:
             click.echo("interrupted: no output was left half written", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # stdout's reader went away (`... | head`): no error line, the shell's SIGPIPE code
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot raise again
+            sys.exit(141)
         except Exception as exc:  # noqa: BLE001 - an unexpected failure still gets one line
             if debug:
                 traceback.print_exc()

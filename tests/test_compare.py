@@ -66,3 +66,27 @@ def test_compare_rejects_a_file_that_is_not_a_report(built, tmp_path):
     bad.write_text("[]")
     result = CliRunner().invoke(cli, ["compare", str(out / "report.json"), str(bad)])
     assert result.exit_code == 2 and "NEW report" in result.output and "must be an object" in result.output
+
+
+def test_a_reader_that_goes_away_is_not_an_error(built):
+    """`resnet-deploy compare ... | head -1`: stdout's pipe closes early; exit 141 (SIGPIPE's code), no error line."""
+    import os
+    import subprocess
+
+    from .conftest import console_script
+
+    _, _, out = built
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout now fails with EPIPE, like after `head` exits
+    try:
+        process = subprocess.run(
+            [str(console_script()), "compare", str(out / "report.json"), str(out / "report.json")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert process.returncode == 141, process.stderr
+    assert "error" not in process.stderr.lower() and "Traceback" not in process.stderr
