@@ -95,6 +95,26 @@ def _with_options(fn: Callable[..., Any], options: list[Callable[..., Any]]) -> 
     return fn
 
 
+def _calibration_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--calib-size/--seed/--calib-method/--percentile/--exclude-layers, shared by build, quantize and layers."""
+    return _with_options(
+        fn,
+        [
+            click.option(
+                "--calib-size", type=int, default=512, show_default=True, help="Calibration images drawn from --calib-data."
+            ),
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration and selection draws."),
+            click.option(
+                "--calib-method", default="entropy", show_default=True, help="INT8 activation ranges: max, entropy or percentile."
+            ),
+            click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile."),
+            click.option(
+                "--exclude-layers", help="Regex of node names / module paths kept in higher precision (e.g. '^conv1$|^fc$')."
+            ),
+        ],
+    )
+
+
 def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--select-data/--select-size: the images that measure sensitivity (build, quantize, layers)."""
     return _with_options(
@@ -201,11 +221,7 @@ def _openvino_options(options: dict[str, Any]):
     show_default=True,
     help="Who consumes the models, comma-separated: onnxruntime, tensorrt (INT8 recipe per target; tensorrt adds engines).",
 )
-@click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration images drawn from --calib-data.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draw.")
-@click.option("--calib-method", default="entropy", show_default=True, help="INT8 activation ranges: max, entropy or percentile.")
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
-@click.option("--exclude-layers", help="Regex of node names / module paths kept in higher precision (e.g. '^conv1$|^fc$').")
+@_calibration_flags
 @click.option("--calib-cache", type=click.Path(path_type=Path), help="calib.json of an earlier run: reused when nothing changed.")
 @click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime execution providers: cpu, cuda, tensorrt.")
 @click.option("--threads", type=int, help="CPU threads for PyTorch, ONNX Runtime and OpenVINO (default: all cores).")
@@ -541,11 +557,7 @@ def export(progress, folded: Path, out: Path, data: Path | None, opset: int | No
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="ONNX file to write (+ .json sidecar).")
 @click.option("--precision", default="int8", show_default=True, help="int8 or fp16.")
 @click.option("--target", default="onnxruntime", show_default=True, help="INT8 recipe: onnxruntime or tensorrt.")
-@click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration images drawn from --calib-data.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration draw.")
-@click.option("--calib-method", default="entropy", show_default=True, help="max, entropy or percentile.")
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
-@click.option("--exclude-layers", help="Regex of node names / module paths kept in higher precision.")
+@_calibration_flags
 @click.option(
     "--calib-cache",
     type=click.Path(path_type=Path),
@@ -734,11 +746,7 @@ and one pass over the selection images per node.
 @click.option("--calib-data", required=True, type=click.Path(path_type=Path), help="Calibration images or .npz.")
 @click.option("--target", default="onnxruntime", show_default=True, help="INT8 recipe: onnxruntime or tensorrt.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for layers.json, layers.html, calib.json.")
-@click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration images drawn from --calib-data.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration and selection draws.")
-@click.option("--calib-method", default="entropy", show_default=True, help="max, entropy or percentile.")
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
-@click.option("--exclude-layers", help="Regex of node names / module paths kept in higher precision throughout.")
+@_calibration_flags
 @click.option("--calib-cache", type=click.Path(path_type=Path), help="Statistics cache (default: OUT/calib.json).")
 @click.option("--threads", type=int, help="CPU threads for ONNX Runtime.")
 @click.option("--force", is_flag=True, help="Replace existing files in --out.")
