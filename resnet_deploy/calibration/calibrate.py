@@ -217,7 +217,7 @@ def read_cache(path: Path, onnx_sha256: str, data_sha256: str) -> tuple[Activati
     try:
         meta = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return None, "it does not exist yet"
+        return None, ""  # nothing to reuse yet: not worth a note
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, f"it is not readable JSON ({exc})"
     if not isinstance(meta, dict) or meta.get("kind") != KIND or meta.get("schema") != SCHEMA:
@@ -252,8 +252,9 @@ def calibrate(
         if stats is not None:
             progress.log(f"calibration: reusing the statistics in {options.cache} ({stats.samples} images)")
             return Calibration(stats, options.method, options.percentile, onnx_sha256, data, reused=True)
-        notes.append(f"--calib-cache {options.cache} not used: {why}; calibrated again")
-        progress.log(notes[-1])
+        if why:
+            notes.append(f"--calib-cache {options.cache} not used: {why}; calibrated again")
+            progress.log(notes[-1])
     started = time.perf_counter()
     stats = collect_statistics(fp32.path, fp32.input_name, calibration_set.dataset, threads, progress)
     seconds = time.perf_counter() - started
