@@ -22,18 +22,12 @@ class Precision(enum.StrEnum):
     FP16 = "fp16"
     INT8 = "int8"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 class Target(enum.StrEnum):
     """Who consumes a (quantized) model: the Q/DQ recipe depends on it."""
 
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class Engine(enum.StrEnum):
@@ -132,9 +126,6 @@ class HardwareCompat(enum.StrEnum):
     NONE = "none"  # only GPUs of the building GPU's kind (fastest)
     AMPERE_PLUS = "ampere+"  # any Ampere or newer GPU (compute capability 8.0+)
     SAME_CC = "same-cc"  # any GPU of the building GPU's compute capability
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def trt_name(self) -> str:

@@ -31,9 +31,6 @@ class CalibrationMethod(enum.StrEnum):
     ENTROPY = "entropy"
     PERCENTILE = "percentile"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 @dataclass(frozen=True)
 class CalibrationOptions:

@@ -43,9 +43,6 @@ class Bound(enum.StrEnum):
     MAX = "max"
     MIN = "min"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 @dataclass(frozen=True)
 class GateSpec:
