@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cpu_engines
 import numpy as np
 import torch
 from cpu_engines import SHAPE, prepare
@@ -35,9 +36,9 @@ from resnet_deploy.calibration.quantize import make_int8
 from resnet_deploy.calibration.sensitivity import node_errors, ranked_by_sqnr
 from resnet_deploy.config import Target
 from resnet_deploy.engines.ort import OrtRunner
-from resnet_deploy.pipeline.benchmark import make_batch, time_calls
 
 COUNTS = (0, 1, 2, 4, 8)
+FP32 = "onnxruntime-fp32"  # the ceiling: the FP32 model on the same engine
 
 
 def models(fp32, dataset, folder: Path, threads: int, sqnr_images: int) -> tuple[list[tuple[str, Path, list[str]]], dict]:
@@ -52,7 +53,7 @@ def models(fp32, dataset, folder: Path, threads: int, sqnr_images: int) -> tuple
         n: (source[n].op_type, module_path(source[n]) or "", errors[n].sqnr_db if n in errors else float("nan"))
         for n in ranked[: max(COUNTS)]
     }
-    made = [("onnxruntime-fp32", fp32.path, ["(all)"])]
+    made = [(FP32, fp32.path, ["(all)"])]
     for count in COUNTS:
         kept = ranked[:count]
         if kept:
@@ -62,16 +63,14 @@ def models(fp32, dataset, folder: Path, threads: int, sqnr_images: int) -> tuple
 
 
 def run_rounds(made, threads: int, rounds: int, warmup: int, iterations: int) -> dict[str, list[float]]:
-    batch = make_batch(np.random.default_rng(1).standard_normal((1, *SHAPE), dtype=np.float32), 1)
-    samples: dict[str, list[float]] = {}
-    for round_index in range(rounds):
-        for name, path, _ in made:
-            precision = "fp32" if name == "onnxruntime-fp32" else "int8"
-            with OrtRunner(path, name, precision, None if precision == "fp32" else "onnxruntime", threads=threads) as runner:
-                timed, _ = time_calls(runner, batch, warmup, iterations, max_seconds=120.0)
-                samples.setdefault(name, []).extend(timed.tolist())
-        print(f"  round {round_index + 1}/{rounds} done", file=sys.stderr)
-    return samples
+    """cpu_engines.run_rounds at batch 1 over one ONNX Runtime runner per model: name -> timed calls (ms)."""
+    runners = [
+        OrtRunner(path, name, "fp32", threads=threads)
+        if name == FP32
+        else OrtRunner(path, name, "int8", "onnxruntime", threads=threads)
+        for name, path, _ in made
+    ]
+    return {name: timed for (name, _), timed in cpu_engines.run_rounds(runners, (1,), rounds, warmup, iterations).items()}
 
 
 def main() -> int:
@@ -104,7 +103,7 @@ def main() -> int:
     print("|---|---|---:|---:|")
     for name, _, kept in made:
         median = float(np.median(samples[name]))
-        label = "all" if name == "onnxruntime-fp32" else (f"the {len(kept)} most sensitive" if kept else "none")
+        label = "all" if name == FP32 else (f"the {len(kept)} most sensitive" if kept else "none")
         print(f"| {name} | {label} | {median:.2f} | {median / full:.2f}x |")
     print("\nNodes by sensitivity (SQNR each adds, lowest first):\n")
     for rank, (node, (op, module, sqnr)) in enumerate(about.items(), 1):

@@ -826,7 +826,7 @@ def _console():
 
 def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], providers: str, threads: int | None, options):
     """Runners for --onnx files on each engine of --engines and TensorRT runners for --engine files (at least one)."""
-    from .config import Engine, parse_engines
+    from .config import Engine, check_engines, parse_engines
     from .engines.openvino import OpenVINORunner
     from .engines.ort import OrtRunner, describe_onnx, ort_backend_label, parse_providers
     from .engines.trt import TensorRTRunner
@@ -837,8 +837,7 @@ def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], provi
     chain = parse_providers(providers)
     engines = parse_engines(options.get("engines"))
     openvino = _openvino_options(options)
-    if openvino.bf16 and Engine.OPENVINO not in engines:
-        raise UserError("--openvino-bf16 adds an OpenVINO engine; add openvino to --engines")
+    check_engines(engines, openvino)
     runners = []
     for path in onnx_paths:
         precision, target = describe_onnx(path)

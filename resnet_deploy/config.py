@@ -111,6 +111,14 @@ class OpenVINOOptions:
         }
 
 
+def check_engines(engines: tuple[Engine, ...], openvino: OpenVINOOptions) -> None:
+    """The CPU engines and OpenVINO's options fit together (build, validate and bench)."""
+    if not engines:
+        raise UserError("--engines: give at least one of onnxruntime, openvino")
+    if openvino.bf16 and Engine.OPENVINO not in engines:
+        raise UserError("--openvino-bf16 adds an OpenVINO engine; add openvino to --engines")
+
+
 def parse_choice(kind: type[enum.Enum], text: str, option: str):
     """One value of an enum from its text; an unknown one raises a UserError listing the valid ones."""
     try:
@@ -388,10 +396,7 @@ class BuildConfig:
             raise UserError(
                 f"--precision {names} needs --calib-data: INT8 ranges and FP16's overflow check come from calibration images"
             )
-        if not self.engines:
-            raise UserError("--engines: give at least one of onnxruntime, openvino")
-        if self.openvino.bf16 and Engine.OPENVINO not in self.engines:
-            raise UserError("--openvino-bf16 adds an OpenVINO engine; add openvino to --engines")
+        check_engines(self.engines, self.openvino)
         if self.openvino.bf16 and Precision.FP32 not in self.precisions:
             raise UserError("--openvino-bf16 runs the FP32 model in bfloat16; add fp32 to --precision")
 
