@@ -147,6 +147,16 @@ def test_lock_refuses_a_second_writer(tmp_path):
     assert (out / "a.txt").read_text() == "first"
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt), whatever this process inherited: a shell starts
+    background jobs with SIGINT ignored, and Python then leaves it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_sigint")
 def test_a_signal_during_the_final_swap_waits_for_it(tmp_path, monkeypatch):
     """SIGINT between 'move the old build aside' and 'move the new one in' is held until both are done."""
     out = tmp_path / "out"
@@ -170,6 +180,7 @@ def test_a_signal_during_the_final_swap_waits_for_it(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and _leftovers(out) == []
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_signals_deferred_delivers_after_the_block():
     received = []
     with pytest.raises(KeyboardInterrupt):
