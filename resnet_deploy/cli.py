@@ -111,6 +111,14 @@ def _calibration_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--exclude-layers", help="Regex of node names / module paths kept in higher precision (e.g. '^conv1$|^fc$')."
             ),
+            click.option(
+                "--cpu",
+                default="host",
+                show_default=True,
+                help="CPU the onnxruntime-target INT8 model is for: host (this machine's kind), vnni (x86 with AVX-512 "
+                "VNNI/AVX-VNNI/AMX, ARM64: 8-bit weights) or no-vnni (x86 AVX2/AVX-512 without VNNI: 7-bit weights, "
+                "whose U8S8 sums do not saturate).",
+            ),
         ],
     )
 
@@ -285,6 +293,7 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         parse_int_list,
     )
     from .engines.ort import parse_providers
+    from .isa import parse_cpu
 
     if config_file is not None:
         from_file = load_toml_options(config_file)
@@ -335,6 +344,7 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         baseline=Path(options["baseline"]) if options.get("baseline") else None,
         accuracy_target=_accuracy_target(options),
         selection=_selection(options),
+        cpu=parse_cpu(options["cpu"]),
     )
 
 
@@ -584,7 +594,9 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
     from .calibration.graph import excluded_nodes, load_onnx
     from .config import Precision, Target, parse_enum_list
     from .data import Preprocess, first_images, open_dataset
+    from .isa import parse_cpu
 
+    cpu = parse_cpu(options["cpu"])
     precisions = parse_enum_list(Precision, options["precision"], "--precision")
     targets = parse_enum_list(Target, options["target"], "--target")
     if len(precisions) > 1 or len(targets) > 1:
@@ -638,7 +650,7 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
         from .calibration.quantize import quantize_int8
 
         example = first_images(calibration_set.dataset, 1)
-        (artifact,) = quantize_int8(fp32, calibration, target, out, example, calibration_options.exclude_layers)
+        (artifact,) = quantize_int8(fp32, calibration, target, out, example, calibration_options.exclude_layers, cpu=cpu)
         info = artifact.details["quantization"]
         click.echo(
             f"int8 ({target}): {info['quantized_nodes']} quantized nodes, {len(info['excluded_nodes'])} excluded, "
@@ -646,21 +658,22 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
         )
     else:
         code = _quantize_to_target(
-            fp32, calibration, target, accuracy_target, selection, val, calibration_set, fixed, out, options["threads"], progress
-        )
+            fp32, calibration, target, accuracy_target, selection, val, calibration_set, fixed, out, options["threads"], progress,
+            cpu,
+        )  # fmt: skip
     reuse = "reused from" if calibration.reused else "written to"
     click.echo(f"calibration statistics {reuse} {calibration_options.cache}")
     return code
 
 
 def _quantize_to_target(
-    fp32, calibration, target, accuracy_target, selection, val, calibration_set, fixed, out, threads, progress
+    fp32, calibration, target, accuracy_target, selection, val, calibration_set, fixed, out, threads, progress, cpu
 ):
     """`quantize` with an accuracy target: the search, the final check on --val-data, the latency cost on ONNX
     Runtime here; the exit code comes from the same rule as a build's (report.target_failure)."""
     import tempfile
 
-    from .calibration.quantize import write_int8
+    from .calibration.quantize import judged_exactly, write_int8
     from .calibration.search import best_effort_path, mixed_precision_int8, target_on
     from .config import Target
     from .data import first_images
@@ -674,13 +687,14 @@ def _quantize_to_target(
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-search-") as work:
         search = mixed_precision_int8(
             fp32, calibration, target, accuracy_target, selection.dataset, selection.describe(), example, Path(work),
-            fixed, threads, progress, fp16_twin=twin,
+            fixed, threads, progress, fp16_twin=twin, cpu=cpu,
         )  # fmt: skip
         path = out if search.met else best_effort_path(out)
         excluded, files = [*fixed, *search.excluded], search.chosen_files
         with OrtRunner(fp32.path, "fp32", "fp32", threads=threads) as runner:
             reference = ReferenceOutputs.compute(runner, val, fp32.num_classes, progress=progress)
-        with reference, OrtRunner(files["fp32"], "int8", "int8", target.value, threads=threads) as runner:
+        exact = judged_exactly(target, cpu)  # the number the model is judged by: as the search measured it
+        with reference, OrtRunner(files["fp32"], "int8", "int8", target.value, threads=threads, exact=exact) as runner:
             on_val = target_on(accuracy_target, validate(runner, val, reference, progress=progress), "--val-data")
         cost = []
         if search.excluded:
@@ -692,7 +706,7 @@ def _quantize_to_target(
             ]
         details = {"mixed_precision": {**search.as_dict(), "on_val": on_val, "latency_cost": cost}}
         fp16_path = path.with_name(f"{path.stem}.fp16{path.suffix}") if twin else None
-        artifact, *_ = write_int8(fp32, calibration, target, files, path, excluded, fp16_path, details)
+        artifact, *_ = write_int8(fp32, calibration, target, files, path, excluded, fp16_path, details, cpu)
     _print_search(details["mixed_precision"])
     click.echo(
         f"int8 ({target}): {len(search.excluded)} node(s) left in higher precision, "
@@ -760,6 +774,7 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
     from .calibration.sensitivity import measure_layers
     from .config import Target, parse_enum_list
     from .data import Preprocess, first_images, open_dataset
+    from .isa import parse_cpu
     from .pipeline.html import render_layers_html
 
     targets = parse_enum_list(Target, options["target"], "--target")
@@ -787,8 +802,9 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
         calibration.write(calibration_options.cache)
     example = first_images(calibration_set.dataset, 1)
     measured = measure_layers(
-        fp32, calibration, targets[0], selection.dataset, selection.describe(), example, fixed, options["threads"], progress
-    )
+        fp32, calibration, targets[0], selection.dataset, selection.describe(), example, fixed, options["threads"], progress,
+        cpu=parse_cpu(options["cpu"]),
+    )  # fmt: skip
     data = measured.as_dict()
     write_json_atomic(out / "layers.json", data)
     write_text_atomic(out / "layers.html", render_layers_html(data))
@@ -830,6 +846,9 @@ def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], provi
     from .engines.openvino import OpenVINORunner
     from .engines.ort import OrtRunner, describe_onnx, ort_backend_label, parse_providers
     from .engines.trt import TensorRTRunner
+    from .isa import host_isa
+    from .isa import mismatch as cpu_mismatch
+    from .pipeline.kernels import made_for_cpu
     from .pipeline.report import engine_name
 
     if not onnx_paths and not engine_paths:
@@ -839,8 +858,12 @@ def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], provi
     openvino = _openvino_options(options)
     check_engines(engines, openvino)
     runners = []
+    host = host_isa()
     for path in onnx_paths:
         precision, target = describe_onnx(path)
+        mismatch = cpu_mismatch(made_for_cpu(path), host, str(path))
+        if mismatch:
+            click.echo(f"warning: {mismatch}", err=True)
         if Engine.ONNXRUNTIME in engines:
             name = engine_name(ort_backend_label(chain), precision, target)
             runners.append(OrtRunner(path, name, precision, target, chain, threads))
@@ -903,9 +926,11 @@ def validate(
     from .artifacts import write_json_atomic
     from .config import parse_input_size
     from .data import open_dataset
-    from .engines.ort import onnx_input_shape
+    from .engines.ort import describe_onnx, exact_runner, onnx_input_shape
     from .engines.pytorch import PyTorchRunner
+    from .isa import host_isa
     from .models import load_model
+    from .pipeline.kernels import broken_model, kernel_loss, made_for_cpu
     from .pipeline.validate import validate_all
 
     model = load_model(arch, weights, num_classes, parse_input_size(input_size) if input_size else None)
@@ -916,25 +941,40 @@ def validate(
             raise UserError(f"--onnx {path} takes {want} images, not {'x'.join(map(str, size))}; pass --input-size {want}")
     dataset = open_dataset(val_data, model.preprocess)
     runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options)
+    exact = {  # each reduced-precision file under its exact ONNX semantics: the model's own accuracy
+        str(path): exact_runner(path, precision, target, threads)
+        for path in onnx_paths
+        for precision, target in [describe_onnx(path)]
+        if precision != "fp32"
+    }
     accuracies = validate_all(
-        PyTorchRunner(model.module, threads=threads), runners, dataset, model.num_classes, batch_size, progress
-    )
-    rows = [
-        {
+        PyTorchRunner(model.module, threads=threads), [*runners, *exact.values()], dataset, model.num_classes, batch_size,
+        progress,
+    )  # fmt: skip
+    accuracies, exact_accuracies = accuracies[: len(runners)], dict(zip(exact, accuracies[len(runners) :]))
+    host = host_isa()
+    rows = []
+    for r, a in zip(runners, accuracies):
+        reference = exact_accuracies.get(_runner_path(r))
+        loss = None if reference is None else kernel_loss(r.name, r.target, made_for_cpu(_runner_path(r)), a, reference, host)
+        rows.append({
             "name": r.name,
             "backend": r.backend,
             "precision": r.precision,
             "target": r.target,
             "path": _runner_path(r),
             "accuracy": a.as_dict(),
+            "reference_accuracy": None if reference is None else reference.as_dict(),
+            "kernel_loss": loss,
             "latency": [],
-        }
-        for r, a in zip(runners, accuracies)
-    ]
+        })  # fmt: skip
     _print_summary({"reference": {"name": "pytorch-fp32", "latency": []}, "engines": rows})
     if json_out:
         write_json_atomic(json_out, {"model": model.info.as_dict(), "engines": rows})
-    return 1 if any(not a.passed for a in accuracies) else 0
+    broken = [line for path, a in exact_accuracies.items() if (line := broken_model(path, a))]
+    for line in broken:
+        click.echo(f"FAILED {line}", err=True)
+    return 1 if broken or any(not a.passed for a in accuracies) else 0
 
 
 @cli.command(
@@ -1022,8 +1062,9 @@ def _print_summary(report: dict[str, Any]) -> None:
     batch_sizes = sorted({lat["batch_size"] for row in rows for lat in row.get("latency", [])})
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("engine")
+    exact = any(row.get("reference_accuracy") for row in rows)  # the models' own accuracy (exact ONNX semantics)
     if any(row.get("accuracy") for row in rows):
-        for title in ("top-1 agree", "max abs diff", "top-1", "drop (pts)"):
+        for title in ("top-1 agree", *(["exact agree"] if exact else []), "max abs diff", "top-1", "drop (pts)"):
             table.add_column(title, justify="right")
     for b in batch_sizes:
         table.add_column(f"b{b} p50 ms", justify="right")
@@ -1034,14 +1075,17 @@ def _print_summary(report: dict[str, Any]) -> None:
         cells = [row["name"] + ("" if not search or search["met"] else " (best effort: target missed)")]
         acc = row.get("accuracy")
         if has_accuracy:
+            reference = row.get("reference_accuracy")
+            exact_cell = [] if not exact else ["" if reference is None else f"{reference['top1_agreement'] * 100:.2f}%"]
             if row.get("error"):
-                cells += ["not built", "", "", ""]
+                cells += ["not built", *exact_cell, "", "", ""]
             elif acc is None:
                 top1 = report["reference"].get("top1")
-                cells += ["reference", "", "n/a" if top1 is None else f"{top1 * 100:.2f}%", ""]
+                cells += ["reference", *exact_cell, "", "n/a" if top1 is None else f"{top1 * 100:.2f}%", ""]
             else:
                 cells += [
-                    f"{acc['top1_agreement'] * 100:.2f}%",
+                    f"{acc['top1_agreement'] * 100:.2f}%" + (" !" if row.get("kernel_loss") else ""),
+                    *exact_cell,
                     "NaN/Inf" if acc.get("max_abs_diff") is None else f"{acc['max_abs_diff']:.3g}",
                     "n/a" if acc.get("top1") is None else f"{acc['top1'] * 100:.2f}%",
                     "n/a" if acc.get("top1_drop_points") is None else f"{acc['top1_drop_points']:+.2f}",
@@ -1051,6 +1095,9 @@ def _print_summary(report: dict[str, Any]) -> None:
             cells += ["", ""] if lat is None else [f"{lat['p50_ms']:.2f}", f"{lat['throughput_ips']:.1f}"]
         table.add_row(*cells)
     _console().print(table)
+    for row in rows:
+        if row.get("kernel_loss"):
+            click.echo(f"! kernel loss: {row['kernel_loss']}")
 
 
 def main() -> None:

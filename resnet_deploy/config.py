@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .calibration.methods import CalibrationOptions, check_percentile, check_regex, parse_method
 from .errors import UserError
+from .isa import CpuKind, parse_cpu
 
 if TYPE_CHECKING:
     from .gates import Gates
@@ -383,6 +384,7 @@ class BuildConfig:
     baseline: Path | None = None  # an earlier report.json for max_latency_regression_pct
     accuracy_target: AccuracyTarget | None = None  # INT8 mixed-precision search (--max-top1-drop, ...)
     selection: SelectionOptions = field(default_factory=SelectionOptions)
+    cpu: CpuKind | None = None  # the CPU kind onnxruntime-target INT8 is made for (--cpu; None: this machine's)
 
     def __post_init__(self) -> None:
         if self.accuracy_target is not None and Precision.INT8 not in self.precisions:
@@ -449,6 +451,7 @@ _TOML_KEYS: dict[str, tuple[type, Any]] = {
     "max_excluded": (int, None),
     "select_data": (str, None),
     "select_size": (int, None),
+    "cpu": (str, lambda text, option: parse_cpu(text, option)),
 }
 
 # Keys whose values are paths (relative ones are taken relative to the TOML file's folder).

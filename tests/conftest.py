@@ -132,6 +132,40 @@ def build_args(workload, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+QUICK = ("--batch-sizes", "1", "--warmup", "1", "--iterations", "3")
+
+
+@pytest.fixture(scope="session")
+def built_reduced(workload, tmp_path_factory):
+    """A real build with every precision and both INT8 targets, through click: (exit code, stdout, OUT)."""
+    from click.testing import CliRunner
+
+    from resnet_deploy.cli import cli
+
+    out = tmp_path_factory.mktemp("reduced") / "out"
+    args = build_args(workload, out, "--precision", "fp32,fp16,int8", "--target", "onnxruntime,tensorrt", *QUICK)
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result.exit_code, result.output, out
+
+
+def accurate_or_flagged(row: dict, threshold: float) -> None:
+    """An engine row of a reduced-precision model in a report: the model itself (its exact ONNX semantics) agrees with
+    PyTorch on at least `threshold`; so does the engine as run here, unless its kernels lose more than the kernel-loss
+    margin, which only a CPU without VNNI does (16-bit saturation) and which the row then says, with the cause."""
+    from resnet_deploy.isa import host_isa
+    from resnet_deploy.pipeline.kernels import KERNEL_LOSS_POINTS
+
+    exact, as_run = row["reference_accuracy"]["top1_agreement"], row["accuracy"]["top1_agreement"]
+    assert exact >= threshold, (row["name"], exact)
+    lost = round((exact - as_run) * 100.0, 9)
+    assert (row["kernel_loss"] is not None) == (lost > KERNEL_LOSS_POINTS), (row["name"], lost, row["kernel_loss"])
+    if row["kernel_loss"] is None:
+        assert as_run >= threshold, (row["name"], as_run)
+    else:
+        assert host_isa().saturates_u8s8, row["kernel_loss"]  # a VNNI CPU's kernels do not lose this
+        assert "has no VNNI" in row["kernel_loss"] and row["name"] in row["kernel_loss"]
+
+
 @pytest.fixture(scope="session")
 def built(workload, tmp_path_factory):
     """One real `resnet-deploy build` of the digits model, through click: (exit code, stdout, OUT)."""

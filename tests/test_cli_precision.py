@@ -13,22 +13,13 @@ from resnet_deploy.cli import cli
 from resnet_deploy.config import load_toml_options
 from resnet_deploy.examples import digits
 
-from .conftest import build_args
+from .conftest import QUICK, accurate_or_flagged, build_args
 
-QUICK = ("--batch-sizes", "1", "--warmup", "1", "--iterations", "3")
 ENGINES = ["onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-tensorrt"]
 
 
 def invoke(*args: str):
     return CliRunner().invoke(cli, list(args))
-
-
-@pytest.fixture(scope="session")
-def built_reduced(workload, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reduced") / "out"
-    args = build_args(workload, out, "--precision", "fp32,fp16,int8", "--target", "onnxruntime,tensorrt", *QUICK)
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    return result.exit_code, result.output, out
 
 
 def test_build_writes_every_precision(built_reduced):
@@ -70,12 +61,19 @@ def test_report_rows_carry_precision_target_and_quantization(built_reduced):
         assert (row["path"], row["precision"], row["target"], row["quantization"]) == (
             twin["path"], twin["precision"], twin["target"], twin["quantization"]
         )  # fmt: skip
-        assert row["accuracy"]["top1_agreement"] >= {"fp32": 1.0, "fp16": 0.995, "int8": 0.98}[row["precision"]]
+        threshold = {"fp32": 1.0, "fp16": 0.995, "int8": 0.98}[row["precision"]]
+        if row["precision"] == "fp32":
+            assert row["accuracy"]["top1_agreement"] >= threshold and row["reference_accuracy"] is None
+        else:  # the model meets it; the engine as run too, or (no VNNI: 16-bit saturation) the row says why not
+            accurate_or_flagged(row, threshold)
     assert openvino["openvino-int8"]["accuracy"]["top1_agreement"] >= 0.99  # the default CPU INT8 engine
+    assert openvino["openvino-int8"]["kernel_loss"] is None  # made for this CPU: its kernels lose nothing
     for name in ("onnxruntime-int8", "onnxruntime-int8-tensorrt"):
         q = rows[name]["quantization"]
         assert q["method"] == "entropy" and q["samples"] == 270 and q["quantized_nodes"] >= 20 and q["excluded_nodes"] == []
-        assert rows[name]["accuracy"]["top1_agreement"] >= 0.98 and rows[name]["passed"]
+        assert rows[name]["accuracy"]["top1_agreement"] >= 0.98 and rows[name]["passed"] and rows[name]["kernel_loss"] is None
+        assert rows[name]["reference_accuracy"]["top1_agreement"] >= 0.98  # the model under its exact semantics
+    assert rows["onnxruntime-int8"]["quantization"]["cpu"]["kind"] == report["host"]["isa"]["kind"]
     assert rows["onnxruntime-fp16"]["quantization"]["fp16_nodes"] > 40
     assert rows["onnxruntime-fp16"]["accuracy"]["top1_agreement"] >= 0.995
     assert report["calibration"]["samples"] == 270 and report["calibration"]["reused_cache"] is False
@@ -83,7 +81,8 @@ def test_report_rows_carry_precision_target_and_quantization(built_reduced):
     assert {"calibrate", "fp16", "quantize-onnxruntime", "quantize-tensorrt"} <= set(report["stages"])
     assert any("model.int8-tensorrt.fp16.onnx" in note for note in report["notes"])
     markdown = (out / "report.md").read_text()
-    assert "## Reduced precision" in markdown
+    assert "## Reduced precision" in markdown and "exact top-1 agree" in markdown
+    assert f"INT8 instruction sets: {report['host']['isa']['summary']}" in markdown
     for engine in ENGINES:
         assert f"| {engine} |" in markdown
 

@@ -83,9 +83,12 @@ def invoke(*args: str):
 # ----------------------------------------------------------------------------- pass / fail on real values
 
 
+REFERENCE_KEYS = {s.key for s in SPECS if "_reference_" in s.key}  # the model's exact accuracy: FP16/INT8 rows only
+
+
 def test_every_gate_passes_at_and_just_beyond_the_measured_value(report, tmp_path):
     values = measured(report)
-    assert {key for key, _ in values} == {s.key for s in SPECS} - {"max_latency_regression_pct"}
+    assert {key for key, _ in values} == {s.key for s in SPECS} - {"max_latency_regression_pct"} - REFERENCE_KEYS
     for name, threshold_of in {"at": lambda k, v: v, "beyond": lambda k, v: toward(v, SPEC_BY_KEY[k].bound, True)}.items():
         leaves = {(k, b): threshold_of(k, v) for (k, b), v in values.items()}
         leaves = {leaf: t for leaf, t in leaves.items() if SPEC_BY_KEY[leaf[0]].in_range(t)}
@@ -369,3 +372,35 @@ def test_junit_and_markdown_escape_odd_names(report):
     root = ET.fromstring(junit(result).split("\n", 1)[1])
     assert root.find(".//testcase").get("classname") == 'resnet-deploy.gates.a|b<c>&"d?'
     assert "a\\|b<c>" in markdown(result)
+
+
+# ------------------------------------------------------------------ the model's exact accuracy (reference_*)
+
+
+def test_reference_gates_read_the_models_exact_accuracy_not_the_engines(built_reduced):
+    """min_reference_* / max_reference_* gate the model's own accuracy (exact ONNX semantics), which does not depend on
+    the CPU; the engine's as-run keys stay the engine's. An FP32 row has no reference accuracy: the gate fails, saying so."""
+    code, output, out = built_reduced
+    assert code == 0, output
+    report = json.loads((out / "report.json").read_text())
+    row = next(e for e in report["engines"] if e["name"] == "openvino-int8-tensorrt")
+    exact, as_run = row["reference_accuracy"], row["accuracy"]
+    leaves = {
+        ("min_reference_top1_agreement", None): exact["top1_agreement"],
+        ("max_reference_top1_drop_points", None): exact["top1_drop_points"],
+        ("min_reference_cosine", None): exact["cosine_min"],
+        ("max_reference_abs_diff", None): exact["max_abs_diff"],
+    }
+    assert {k for k, _ in leaves} == REFERENCE_KEYS
+    passing = evaluate(parse_gates(toml_for(leaves, row["name"])), report)
+    assert passing.return_code == 0 and {r.value for r in passing.results} == set(leaves.values())
+    for (key, batch), value in leaves.items():
+        failing = {(key, batch): toward(value, SPEC_BY_KEY[key].bound, False)}
+        if SPEC_BY_KEY[key].in_range(failing[(key, batch)]):
+            assert evaluate(parse_gates(toml_for(failing, row["name"])), report).return_code == 1, key
+    # the engine's own agreement is another number where the CPU's kernels lose accuracy (no VNNI), the same elsewhere
+    own = evaluate(parse_gates(toml_for({("min_top1_agreement", None): exact["top1_agreement"]}, row["name"])), report)
+    assert own.return_code == (0 if as_run["top1_agreement"] >= exact["top1_agreement"] else 1)
+    fp32 = evaluate(parse_gates('["onnxruntime-fp32"]\nmin_reference_top1_agreement = 0.5\n'), report)
+    (result,) = fp32.results
+    assert fp32.return_code == 1 and result.value is None and "it is FP32" in result.reason

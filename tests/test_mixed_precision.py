@@ -27,7 +27,10 @@ from resnet_deploy.errors import UserError
 
 from .conftest import build_args, one_error_line
 
-TARGET = ("--min-top1-agreement", "0.99")
+# The recipe is pinned to 8-bit weights (--cpu vnni), so the search sees the same numbers on every CPU: as run on a VNNI
+# CPU, under the exact Q/DQ semantics elsewhere (a model made for another kind of CPU is judged that way). With the
+# 7-bit weights a CPU without VNNI gets by default, the harsh setting happens to meet the target fully quantized.
+TARGET = ("--min-top1-agreement", "0.99", "--cpu", "vnni")
 
 
 def invoke(*args: str):
@@ -66,8 +69,17 @@ def test_quantize_meets_a_tight_target_with_few_nodes_and_one_statistics_pass(
 
     out = tmp_path / "model.int8.onnx"
     result = invoke(*quantize_args(fp32_onnx, harsh_calib, workload, out, *TARGET))
-    assert result.exit_code == 0, result.output
     search = OnnxArtifact.read(out).details["quantization"]["mixed_precision"]
+    # The target is met on the 135 selection images; whether the chosen nodes also meet it on the 449 --val-data images
+    # is the data's answer, not the code's (on the session-trained model it sits within an image or two of 99%, and the
+    # model itself differs between CPU kinds: PyTorch's training kernels round differently). So the reported on_val is
+    # checked against the written model measured here, and the exit code must follow it: 0 met, 1 missed (same name).
+    on_val = _agreement_on_val(out, workload, fp32_onnx)
+    assert search["on_val"]["top1_agreement"] == pytest.approx(on_val, abs=1e-9)
+    assert search["on_val"]["met"] == (on_val >= 0.99)
+    assert result.exit_code == (0 if on_val >= 0.99 else 1), result.output
+    if result.exit_code:
+        assert "met on the selection images but missed on --val-data" in result.output
     steps = search["steps"]
     assert search["met"] and search["status"] == "met"
     assert steps[0]["phase"] == "all-int8" and not steps[0]["met"]  # the harsh setting misses the target
@@ -87,6 +99,22 @@ def test_quantize_meets_a_tight_target_with_few_nodes_and_one_statistics_pass(
     assert search["on_val"]["data"] == "--val-data" and 0 < search["on_val"]["top1_agreement"] <= 1
     assert [c["batch_size"] for c in search["latency_cost"]] == [1] and search["latency_cost"][0]["after_p50_ms"] > 0
     assert "top-1 agreement >= 99.00%" in result.output and "all-int8" in result.output and "on --val-data" in result.output
+
+
+def _agreement_on_val(path, workload, fp32_onnx) -> float:
+    """Top-1 agreement of `path` with the FP32 model on --val-data, measured as the search measures it (--cpu vnni)."""
+    from resnet_deploy.calibration.quantize import judged_exactly
+    from resnet_deploy.config import Target
+    from resnet_deploy.data import Preprocess, open_dataset
+    from resnet_deploy.engines.ort import OrtRunner
+    from resnet_deploy.isa import CpuKind
+    from resnet_deploy.pipeline.validate import validate_all
+
+    val = open_dataset(workload.val, Preprocess.from_dict(fp32_onnx.preprocess))
+    exact = judged_exactly(Target.ONNXRUNTIME, CpuKind.VNNI)
+    runner = OrtRunner(path, "int8", "int8", "onnxruntime", exact=exact)
+    (accuracy,) = validate_all(OrtRunner(fp32_onnx.path, "fp32", "fp32"), [runner], val, fp32_onnx.num_classes)
+    return accuracy.top1_agreement
 
 
 def test_build_that_cannot_meet_the_target_writes_the_best_effort_and_exits_1(harsh_calib, workload, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -28,13 +29,16 @@ from resnet_deploy.config import (
 )
 from resnet_deploy.data import open_dataset
 from resnet_deploy.engines.openvino import OpenVINORunner
+from resnet_deploy.engines.ort import exact_runner
 from resnet_deploy.engines.pytorch import PyTorchRunner
 from resnet_deploy.errors import MissingDependency, UserError
+from resnet_deploy.isa import host_isa
+from resnet_deploy.pipeline.kernels import kernel_loss
 from resnet_deploy.pipeline.plan import plan_engines
 from resnet_deploy.pipeline.report import engine_name
 from resnet_deploy.pipeline.validate import validate_all
 
-from .conftest import build_args
+from .conftest import accurate_or_flagged, build_args
 
 QUICK = ("--batch-sizes", "1,3", "--warmup", "1", "--iterations", "3")
 
@@ -58,6 +62,15 @@ def models(fp32_onnx, quantized):
         "openvino-int8": quantized[(CalibrationMethod.ENTROPY, Target.ONNXRUNTIME)],
         "openvino-int8-tensorrt": quantized[(CalibrationMethod.ENTROPY, Target.TENSORRT)],
     }
+
+
+@pytest.fixture(scope="module")
+def exact_accuracies(models, loaded, workload):
+    """Each reduced-precision model under its exact ONNX semantics (its accuracy whatever the CPU), by engine name."""
+    val = open_dataset(workload.val, loaded.preprocess)
+    names = [name for name in models if name != "openvino-fp32"]
+    runners = [exact_runner(models[n].path, models[n].precision, models[n].target) for n in names]
+    return dict(zip(names, validate_all(PyTorchRunner(loaded.module), runners, val, loaded.num_classes)))
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +130,20 @@ def test_fp32_is_computed_in_f32_and_matches_pytorch(validated):
 @pytest.mark.parametrize(
     ("name", "min_agreement"), [("openvino-fp16", 0.995), ("openvino-int8", 0.99), ("openvino-int8-tensorrt", 0.98)]
 )
-def test_reduced_precision_agrees_with_pytorch(validated, name, min_agreement):
+def test_reduced_precision_agrees_with_pytorch(validated, exact_accuracies, name, min_agreement):
+    """As run on OpenVINO here: the FP16 and the onnxruntime-target INT8 model (made for this kind of CPU) keep their
+    thresholds on any CPU. The tensorrt-target model (symmetric S8S8, for TensorRT's int32 accumulation) keeps it
+    under its exact semantics; on OpenVINO it keeps it too unless this CPU has no VNNI, where the saturation is
+    flagged with its cause (the report's kernel_loss) instead."""
     runner, accuracy = validated[name]
+    exact = exact_accuracies[name]
     assert accuracy.samples == 449 and accuracy.passed
-    assert accuracy.top1_agreement >= min_agreement, f"{name}: top-1 agreement {accuracy.top1_agreement:.4f}"
-    assert accuracy.top1_drop_points <= 1.0
+    loss = kernel_loss(name, runner.target, None, accuracy, exact, host_isa())
+    row = {"name": name, "accuracy": asdict(accuracy), "reference_accuracy": asdict(exact), "kernel_loss": loss}
+    accurate_or_flagged(row, min_agreement)
+    if name != "openvino-int8-tensorrt":
+        assert loss is None and accuracy.top1_agreement >= min_agreement, f"{name}: {accuracy.top1_agreement:.4f}"
+    assert (accuracy.top1_drop_points if loss is None else exact.top1_drop_points) <= 1.0
     details = runner.describe()
     assert details["compiled_inference_precision_hint"] == "f32"  # layers left in float stay FP32
     convolutions = details["executed"]["compute_layers"]["Convolution"]

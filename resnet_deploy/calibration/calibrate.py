@@ -157,6 +157,7 @@ class Calibration:
     reused: bool = False  # statistics came from --calib-cache: no pass over the images
     seconds: float = 0.0  # wall time of the statistics pass
     notes: tuple[str, ...] = field(default_factory=tuple)
+    bounded: frozenset[str] = frozenset()  # outputs of bounded activations (Softmax, Sigmoid, ...): ranged by max
 
     @property
     def samples(self) -> int:
@@ -167,13 +168,26 @@ class Calibration:
 
     @cached_property
     def ranges(self) -> dict[str, TensorRange]:
-        """Range of every activation tensor: measured ones by the method, the others from their source."""
+        """Range of every activation tensor: measured ones by the method, the others from their source.
+
+        The output of a bounded activation (Softmax, Sigmoid, ...) has no outliers to clip: it takes its whole
+        range (`max`), whatever the method. Entropy would otherwise clip a radix-2 softmax (ResNeSt's split
+        attention: every value between about 0.2 and 0.8) at its smallest value, turning the attention into a
+        constant (ONNX Runtime's QDQ quantizer fixes a Softmax output to [0, 1] for the same reason).
+        """
         measured = {
             name: TensorRange(
                 s.minimum,
                 s.maximum,
-                tensor_amax(s.minimum, s.maximum, s.counts, s.width, self.method, self.percentile),
-            )
+                tensor_amax(
+                    s.minimum,
+                    s.maximum,
+                    s.counts,
+                    s.width,
+                    CalibrationMethod.MAX if name in self.bounded else self.method,
+                    self.percentile,
+                ),
+            )  # fmt: skip
             for name, s in self.statistics.tensors.items()
         }
         derived = {name: measured[root] for name, root in self.statistics.derived.items() if root in measured}
@@ -251,7 +265,9 @@ def calibrate(
         stats, why = read_cache(options.cache, onnx_sha256, data["sha256"])
         if stats is not None:
             progress.log(f"calibration: reusing the statistics in {options.cache} ({stats.samples} images)")
-            return Calibration(stats, options.method, options.percentile, onnx_sha256, data, reused=True)
+            return Calibration(
+                stats, options.method, options.percentile, onnx_sha256, data, reused=True, bounded=bounded_outputs(fp32.path)
+            )
         if why:
             notes.append(f"--calib-cache {options.cache} not used: {why}; calibrated again")
             progress.log(notes[-1])
@@ -260,4 +276,16 @@ def calibrate(
     seconds = time.perf_counter() - started
     data = {**data, "skipped": len(calibration_set.dataset.skipped)}  # unreadable files among those drawn
     progress.log(f"calibration: {stats.samples} images, {len(stats.tensors)} tensors measured in {seconds:.1f} s")
-    return Calibration(stats, options.method, options.percentile, onnx_sha256, data, False, seconds, tuple(notes))
+    return Calibration(
+        stats, options.method, options.percentile, onnx_sha256, data, False, seconds, tuple(notes), bounded_outputs(fp32.path)
+    )
+
+
+BOUNDED_ACTIVATIONS = frozenset({"Softmax", "Sigmoid", "HardSigmoid", "Tanh"})  # outputs within [0, 1] or [-1, 1]
+
+
+def bounded_outputs(onnx_path: Path) -> frozenset[str]:
+    """Output tensors of the bounded activations of a model (Calibration.ranges takes their whole range)."""
+    from .graph import load_onnx
+
+    return frozenset(o for n in load_onnx(onnx_path).graph.node if n.op_type in BOUNDED_ACTIVATIONS for o in n.output)

@@ -4,8 +4,11 @@ Both quantizers receive the ranges computed from our one statistics pass; neithe
 
 - `onnxruntime` (the CPU engine): ONNX Runtime's `QDQQuantizer` (what `quantize_static` runs after
   its calibration) with the ranges as `TensorsData`: activations uint8 asymmetric, weights int8
-  symmetric per channel: the U8S8 recipe ONNX Runtime runs fast on x86 with VNNI. The classifier's
-  output stays FP32 (quantizing logits only costs accuracy).
+  symmetric per channel: the U8S8 recipe ONNX Runtime runs fast on x86. The weights' width depends on
+  the CPU the model is for (`--cpu`, default: this machine's kind; isa.py): 8 bits for CPUs with VNNI
+  (and ARM), 7 bits (`reduce_range`) for x86 without VNNI, whose U8S8 kernels sum pairs of products in
+  16 bits and saturate with 8-bit weights (ONNX Runtime's documented remedy; same kernels, same speed).
+  The classifier's output stays FP32 (quantizing logits only costs accuracy).
 - `tensorrt`: ModelOpt's ONNX quantizer (`modelopt.onnx.quantization.quantize`), which places Q/DQ the
   way TensorRT fuses it (residual Add: the shortcut input quantized, not the conv side) with symmetric
   int8 everywhere (zero points 0). Our scales reach it through its calibration cache
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import enum
 import functools
 import io
 import json
@@ -36,6 +40,7 @@ import numpy as np
 from ..artifacts import OnnxArtifact, write_onnx_artifact
 from ..config import Target
 from ..errors import CheckFailed
+from ..isa import CpuKind, host_isa
 from .calibrate import Calibration
 from .graph import QDQ_OPS, checked_onnx, count_ops, derived_artifact, excluded_nodes, load_onnx, producers, quantized_nodes
 
@@ -80,7 +85,46 @@ def _shape_inferred(path: str, *identity: int) -> bytes:
     return load_model_with_shape_infer(Path(path)).SerializeToString()
 
 
-def _quantize_onnxruntime(source: Path, calibration: Calibration, excluded: list[str], output: Path) -> None:
+class OrtWeights(enum.StrEnum):
+    """The weights of an onnxruntime-target model (activations are uint8 asymmetric in every recipe)."""
+
+    INT8 = "int8"  # symmetric per channel, 8 bits: U8S8 for CPUs with VNNI (and ARM)
+    INT8_7BIT = "int8-7bit"  # symmetric per channel on [-64, 64] (reduce_range): U8S8 without saturation on any x86
+    UINT8 = "uint8"  # asymmetric per channel: U8U8, ONNX Runtime's other remedy (its U8U8 kernels widen to 16 bits)
+
+    @property
+    def description(self) -> str:
+        return {
+            "int8": "int8 symmetric per channel",
+            "int8-7bit": "int8 symmetric per channel, 7 bits (reduce_range: no U8S8 saturation on x86 without VNNI)",
+            "uint8": "uint8 asymmetric per channel (U8U8)",
+        }[self.value]
+
+
+WEIGHTS_FOR_CPU = {CpuKind.VNNI: OrtWeights.INT8, CpuKind.NO_VNNI: OrtWeights.INT8_7BIT}
+
+
+def resolve_cpu(cpu: CpuKind | None) -> dict[str, str]:
+    """The CPU an onnxruntime-target model is made for: `cpu` (--cpu), or this machine's kind when None."""
+    host = host_isa()
+    kind = host.kind if cpu is None else cpu
+    return {"kind": kind.value, "chosen_by": "host" if cpu is None else "--cpu", "host": host.summary()}
+
+
+def judged_exactly(target: Target, cpu: CpuKind | None) -> bool:
+    """Whether a model of `target` made for `cpu` is judged here by its exact semantics (its reference accuracy)
+    rather than by ONNX Runtime as it runs on this machine.
+
+    A tensorrt-target model always: TensorRT accumulates in int32, so a CPU kernel's saturation is not the model's.
+    An onnxruntime-target model when it is made for another kind of CPU than this one: this CPU's kernels are
+    not the ones it will run on.
+    """
+    return target is Target.TENSORRT or (cpu is not None and cpu is not host_isa().kind)
+
+
+def _quantize_onnxruntime(
+    source: Path, calibration: Calibration, excluded: list[str], output: Path, weights: OrtWeights = OrtWeights.INT8
+) -> None:
     import onnx
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
@@ -94,22 +138,28 @@ def _quantize_onnxruntime(source: Path, calibration: Calibration, excluded: list
     )
     model = onnx.ModelProto.FromString(_shape_inferred(str(source), *_identity(Path(source))))
     model = update_opset_version(model, QuantType.QInt8)
+    signed = weights is not OrtWeights.UINT8
     quantizer = QDQQuantizer(
         model,
         True,  # per_channel
-        False,  # reduce_range: VNNI needs no 7-bit weights
-        QuantType.QInt8,  # weights
+        weights is OrtWeights.INT8_7BIT,  # reduce_range: weights on [-64, 64]; activations keep 8 bits
+        QuantType.QInt8 if signed else QuantType.QUInt8,  # weights
         QuantType.QUInt8,  # activations
         ranges,
         [],  # nodes_to_quantize: all
         list(excluded),
-        sorted(set(QDQRegistry) | set(QLinearOpsRegistry)),  # quantize_static's default op types
-        {"ActivationSymmetric": False, "WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["Gemm"]},
+        sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - FLOAT_NORMALIZATIONS),  # quantize_static's default op types
+        {"ActivationSymmetric": False, "WeightSymmetric": signed, "OpTypesToExcludeOutputQuantization": ["Gemm"]},
     )
     quantizer.quantize_model()
     read_float_inputs(quantizer.model.model, excluded, load_onnx(source))
     quantizer.model.save_model_to_file(str(output), False)
 
+
+# Left in float for the onnxruntime target: ONNX Runtime's CPU EP has no integer kernels for them (Q/DQ around them
+# buys nothing), and its quantizer cannot quantize a normalization scale shared by several nodes, which is how
+# GroupNorm exports (Reshape -> InstanceNormalization with one shared scale of ones -> Reshape -> Mul -> Add; resnet*_gn).
+FLOAT_NORMALIZATIONS = frozenset({"InstanceNormalization", "LayerNormalization", "GroupNormalization"})
 
 REMOVABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})  # ONNX Runtime's quantizer folds these into the Q range
 
@@ -295,18 +345,21 @@ def _check_tensorrt_graph(model, calibration: Calibration) -> None:
                 raise CheckFailed(f"tensorrt-target INT8 ONNX: the scale of {tensor!r} is not the calibrated one")
 
 
-RECIPES = {
-    Target.ONNXRUNTIME: {
+def recipe(target: Target, cpu: dict[str, str] | None = None) -> dict[str, object]:
+    """What a model's sidecar says about its recipe; `cpu` (resolve_cpu) for the onnxruntime target."""
+    if target is Target.TENSORRT:
+        return {
+            "tool": "modelopt.onnx.quantization.quantize",
+            "activations": "int8 symmetric per tensor",
+            "weights": "int8 symmetric per channel",
+        }
+    cpu = cpu or resolve_cpu(None)
+    return {
         "tool": "onnxruntime.quantization.QDQQuantizer",
         "activations": "uint8 asymmetric per tensor",
-        "weights": "int8 symmetric per channel",
-    },
-    Target.TENSORRT: {
-        "tool": "modelopt.onnx.quantization.quantize",
-        "activations": "int8 symmetric per tensor",
-        "weights": "int8 symmetric per channel",
-    },
-}
+        "weights": WEIGHTS_FOR_CPU[CpuKind(cpu["kind"])].description,
+        "cpu": cpu,
+    }
 
 
 def make_int8(
@@ -318,9 +371,11 @@ def make_int8(
     folder: Path,
     fp16: bool = False,
     session: ModelOptSession | None = None,
+    cpu: CpuKind | None = None,
 ) -> dict[str, Path]:
     """Quantize with `excluded` nodes (exact names) left in higher precision, into `folder`: {'fp32': path}
     (FP32 between the quantized layers) plus {'fp16': path} (FP16 there; tensorrt target only) if `fp16`.
+    `cpu`: the kind of CPU an onnxruntime-target model is for (None: this machine's).
 
     Ranges come from `calibration` as they are: no pass over any image. No sidecar, no checker: the
     search's candidates; `write_int8` turns the chosen files into artifacts.
@@ -331,7 +386,8 @@ def make_int8(
     folder.mkdir(parents=True, exist_ok=True)
     made = {"fp32": folder / "model.fp32.onnx", **({"fp16": folder / "model.fp16.onnx"} if fp16 else {})}
     if target is Target.ONNXRUNTIME:
-        _quantize_onnxruntime(fp32.path, calibration, list(excluded), made["fp32"])
+        weights = WEIGHTS_FOR_CPU[CpuKind(resolve_cpu(cpu)["kind"])]
+        _quantize_onnxruntime(fp32.path, calibration, list(excluded), made["fp32"], weights)
     elif session is not None:
         _quantize_tensorrt(fp32.path, calibration, list(excluded), fp32.input_name, example, made, session)
     else:
@@ -349,10 +405,12 @@ def write_int8(
     excluded: Sequence[str],
     fp16_path: Path | None = None,
     details: dict | None = None,
+    cpu: CpuKind | None = None,
 ) -> list[OnnxArtifact]:
     """The files of `make_int8` as artifacts at `path` (and `fp16_path`), checked, with their sidecars;
-    `details` (e.g. the mixed-precision search) join the sidecar's `quantization`."""
+    `details` (e.g. the mixed-precision search) join the sidecar's `quantization`; `cpu` as given to make_int8."""
     artifacts = []
+    made_for = recipe(target, resolve_cpu(cpu) if target is Target.ONNXRUNTIME else None)
     for high, final in [("fp32", Path(path)), *([("fp16", Path(fp16_path))] if fp16_path else [])]:
 
         def produce(tmp_path: Path, high: str = high, final: Path = final) -> OnnxArtifact:
@@ -360,7 +418,7 @@ def write_int8(
             model = checked_onnx(tmp_path, f"INT8 ONNX for {target}")
             quantization = {
                 **calibration.summary(),
-                **RECIPES[target],
+                **made_for,
                 "high_precision_dtype": high,
                 "format": "QDQ",
                 "quantized_nodes": len(quantized_nodes(model)),
@@ -387,6 +445,7 @@ def quantize_int8(
     exclude_layers: str | None = None,
     fp16_path: Path | None = None,
     session: ModelOptSession | None = None,
+    cpu: CpuKind | None = None,
 ) -> list[OnnxArtifact]:
     """Write the INT8 Q/DQ ONNX for `target` at `path` (FP32 between the quantized layers, so ONNX Runtime's
     CPU EP runs it exactly); return its artifact, plus, for the tensorrt target with `fp16_path`, the
@@ -396,5 +455,5 @@ def quantize_int8(
     """
     excluded = excluded_nodes(load_onnx(fp32.path), exclude_layers)
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
-        made = make_int8(fp32, calibration, target, excluded, example, Path(tmp), fp16_path is not None, session)
-        return write_int8(fp32, calibration, target, made, path, excluded, fp16_path)
+        made = make_int8(fp32, calibration, target, excluded, example, Path(tmp), fp16_path is not None, session, cpu)
+        return write_int8(fp32, calibration, target, made, path, excluded, fp16_path, cpu=cpu)

@@ -32,6 +32,7 @@ import numpy as np
 from ..artifacts import OnnxArtifact
 from ..config import AccuracyTarget, Target
 from ..data import Dataset
+from ..isa import CpuKind
 from ..pipeline.validate import Accuracy
 from ..progress import Progress
 from .calibrate import Calibration
@@ -131,6 +132,7 @@ class MixedPrecision:
     seconds: float
     quantizer: Callable[..., dict[str, Path]]  # make_int8 bound to this model, calibration and target
     latency_cost: list[dict[str, Any]] = field(default_factory=list)  # filled in once the engine is built
+    measured_exactly: bool = False  # candidates judged by their exact Q/DQ semantics, not by ONNX Runtime as it runs here
 
     def quantize(self, excluded: Sequence[str], folder: Path, fp16: bool = False) -> dict[str, Path]:
         """The model with `excluded` in higher precision (the same ranges), e.g. with its FP16-elsewhere twin."""
@@ -164,6 +166,9 @@ class MixedPrecision:
             "steps": [s.as_dict() for s in self.outcome.steps],
             "sensitivity": self.ranking,
             "seconds": round(self.seconds, 2),
+            "measured_on": "exact Q/DQ semantics (ONNX Runtime, graph optimizations off)"
+            if self.measured_exactly
+            else "ONNX Runtime's CPU EP as it runs here",
             "latency_cost": self.latency_cost,
         }
 
@@ -181,11 +186,13 @@ def mixed_precision_int8(
     threads: int | None = None,
     progress: Progress = Progress(),
     fp16_twin: bool = False,
+    cpu: CpuKind | None = None,
 ) -> MixedPrecision:
     """Run the search for `target_kind`; candidate models are written under `folder` (the caller's). With
     `fp16_twin` (tensorrt target), the chosen set is also made with FP16 elsewhere (`chosen_files["fp16"]`)."""
     started = time.perf_counter()
-    with CandidateEvaluator(fp32, calibration, target_kind, selection, example, folder, fixed, threads, progress) as evaluator:
+    evaluator = CandidateEvaluator(fp32, calibration, target_kind, selection, example, folder, fixed, threads, progress, cpu)
+    with evaluator:
         baseline = evaluator.evaluate(())
         ranking: list[dict[str, Any]] = []
         ranked: list[str] = []
@@ -218,10 +225,10 @@ def mixed_precision_int8(
         if fp16_twin:  # the same Q/DQ with FP16 elsewhere (also in the nodes left out): what TensorRT builds
             excluded = [*fixed, *outcome.chosen.excluded]
             chosen = make_int8(fp32, calibration, target_kind, excluded, example, folder / "chosen", True, evaluator.session)
-    quantizer = functools.partial(make_int8, fp32, calibration, target_kind, example=example)
+    quantizer = functools.partial(make_int8, fp32, calibration, target_kind, example=example, cpu=cpu)
     return MixedPrecision(
         target_kind, target, selection_info, ranking, outcome, list(fixed), baseline.files, chosen,
-        time.perf_counter() - started, quantizer,
+        time.perf_counter() - started, quantizer, measured_exactly=evaluator.exact,
     )  # fmt: skip
 
 

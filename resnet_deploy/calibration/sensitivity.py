@@ -34,11 +34,12 @@ from ..artifacts import OnnxArtifact, sha256_file
 from ..config import Target
 from ..data import Dataset
 from ..engines.ort import OrtRunner
+from ..isa import CpuKind
 from ..pipeline.validate import Accuracy, ReferenceOutputs, validate
 from ..progress import Progress
 from .calibrate import Calibration
 from .graph import load_onnx, module_path, quantized_nodes
-from .quantize import ModelOptSession, make_int8
+from .quantize import ModelOptSession, judged_exactly, make_int8
 
 SQNR_IMAGES = 64  # images of the selection set the SQNR pass runs on (every intermediate tensor is kept per batch)
 SQNR_BATCH = 4
@@ -223,7 +224,9 @@ class CandidateEvaluator:
     and measures each on the selection images against the FP32 model. Evaluations are cached by set.
 
     A context manager: the FP32 model's outputs on the selection set are computed once on entry; the
-    ModelOpt worker process (tensorrt target) lives as long as the evaluator.
+    ModelOpt worker process (tensorrt target) lives as long as the evaluator. Candidates are measured on
+    ONNX Runtime as it runs here, or under their exact semantics where that is what the model is judged by
+    (`quantize.judged_exactly`: the tensorrt target; an onnxruntime-target model made for another kind of CPU).
     """
 
     def __init__(
@@ -237,8 +240,10 @@ class CandidateEvaluator:
         fixed: Sequence[str] = (),
         threads: int | None = None,
         progress: Progress = Progress(),
+        cpu: CpuKind | None = None,
     ) -> None:
         self.fp32, self.calibration, self.target, self.selection = fp32, calibration, target, selection
+        self.cpu, self.exact = cpu, judged_exactly(target, cpu)
         self.example, self.folder, self.fixed, self.threads, self.progress = example, Path(folder), list(fixed), threads, progress
         self.evaluations: dict[frozenset[str], Evaluation] = {}
         self._reference: ReferenceOutputs | None = None
@@ -273,10 +278,12 @@ class CandidateEvaluator:
         self._count += 1
         folder = self.folder / f"candidate-{self._count:03d}"
         files = make_int8(
-            self.fp32, self.calibration, self.target, [*self.fixed, *excluded], self.example, folder, session=self._session
-        )
+            self.fp32, self.calibration, self.target, [*self.fixed, *excluded], self.example, folder, session=self._session,
+            cpu=self.cpu,
+        )  # fmt: skip
         name = f"int8-{self.target}-candidate"
-        with OrtRunner(files["fp32"], name, "int8", self.target.value, threads=self.threads) as runner:
+        runner = OrtRunner(files["fp32"], name, "int8", self.target.value, threads=self.threads, exact=self.exact)
+        with runner:
             accuracy = validate(runner, self.selection, self._reference)
         if not keep:
             for path in files.values():
@@ -396,11 +403,12 @@ def measure_layers(
     threads: int | None = None,
     progress: Progress = Progress(),
     sqnr_images: int = SQNR_IMAGES,
+    cpu: CpuKind | None = None,
 ) -> LayersReport:
     """Quantize (ranges of `calibration`), then SQNR and leave-one-out agreement for every quantized node."""
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-layers-") as tmp:
-        evaluator = CandidateEvaluator(fp32, calibration, target, selection, example, Path(tmp), fixed, threads, progress)
+        evaluator = CandidateEvaluator(fp32, calibration, target, selection, example, Path(tmp), fixed, threads, progress, cpu)
         with evaluator:
             started = time.perf_counter()
             baseline = evaluator.evaluate(())

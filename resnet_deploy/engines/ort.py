@@ -59,6 +59,10 @@ def ort_backend_label(providers: tuple[str, ...]) -> str:
 
 
 class OrtRunner(Runner):
+    """An ONNX file on ONNX Runtime. With `exact`, graph optimizations are off: every QuantizeLinear,
+    DequantizeLinear and float op runs as the ONNX spec defines it (no fused integer kernels), on the CPU:
+    the model's own accuracy, whatever the host's INT8 instructions (`exact_runner`)."""
+
     backend = "onnxruntime"
 
     def __init__(
@@ -69,11 +73,13 @@ class OrtRunner(Runner):
         target: str | None = None,
         providers: tuple[str, ...] = ("cpu",),
         threads: int | None = None,
+        exact: bool = False,
     ) -> None:
         super().__init__(name, precision, target)
         self.onnx_path = Path(onnx_path)
-        self.providers = providers
+        self.providers = ("cpu",) if exact else providers
         self.threads = threads
+        self.exact = exact
         self._session = None
         self._input_name = ""
         self._output_name = ""
@@ -92,7 +98,9 @@ class OrtRunner(Runner):
                 "install onnxruntime-gpu on a machine with CUDA, or use --providers cpu"
             )
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL if self.exact else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        )
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
@@ -134,8 +142,19 @@ class OrtRunner(Runner):
             "providers": [PROVIDERS[p] for p in self.providers],
             "threads": self.threads,
             "path": str(self.onnx_path),
-            **({"disabled_optimizers": list(NOT_FOR_TENSORRT_MODELS)} if self.target == "tensorrt" else {}),
+            **({"graph_optimization": "disabled (exact ONNX semantics)"} if self.exact else {}),
+            **({"disabled_optimizers": list(NOT_FOR_TENSORRT_MODELS)} if self.target == "tensorrt" and not self.exact else {}),
         }
+
+
+def exact_runner(onnx_path: Path, precision: str, target: str | None, threads: int | None = None) -> OrtRunner:
+    """The runner of a model's exact semantics: its reference accuracy (ONNX Runtime's CPU EP, no graph optimizations).
+
+    Without fused kernels, the result does not depend on the CPU's INT8 instructions (no 16-bit saturation, no
+    VNNI): Q/DQ round and clip as the spec says, and the float ops between them run in FP32, as TensorRT's
+    INT8 kernels accumulate in int32 and rescale in float.
+    """
+    return OrtRunner(onnx_path, f"{Path(onnx_path).name} (exact)", precision, target, threads=threads, exact=True)
 
 
 def describe_onnx(path: Path) -> tuple[str, str | None]:

@@ -54,8 +54,9 @@ def write_images(root: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
-def train(train_dir: Path, epochs: int = 6, seed: int = 0, threads: int | None = None):
-    """Train a timm ResNet-18 (10 classes) on the PNG folder; returns the model in eval mode."""
+def train(train_dir: Path, epochs: int = 6, seed: int = 0, threads: int | None = None, arch_name: str = ARCH):
+    """Train a timm ResNet-18 (or another family member, `arch_name`; 10 classes) on the PNG folder; returns the
+    model in eval mode."""
     import torch
 
     from ..data import ImageFolderDataset
@@ -64,7 +65,7 @@ def train(train_dir: Path, epochs: int = 6, seed: int = 0, threads: int | None =
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
-    arch = resolve_arch(ARCH)
+    arch = resolve_arch(arch_name)
     model = create_model(arch, 10)
     preprocess = default_preprocess(arch, model, INPUT_SIZE)
     dataset = ImageFolderDataset.scan(train_dir, preprocess, option="train")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..pipeline.report import environment_differences
-from .spec import SPEC_BY_KEY, AppliedThreshold, Bound, Gates, GateSpec, Threshold
+from .spec import ACCURACY_SPECS, SPEC_BY_KEY, AppliedThreshold, Bound, Gates, GateSpec, Threshold, reference_key
 
 
 @dataclass(frozen=True)
@@ -157,13 +157,26 @@ _ACCURACY_FIELD = {
     "min_cosine": "cosine_min",
     "max_abs_diff": "max_abs_diff",
 }
+# the model's exact accuracy (reference_accuracy), not the engine's: key -> the engine's key of the same metric
+REFERENCE_OF = {reference_key(spec.key): spec.key for spec in ACCURACY_SPECS}
 
 
 def _accuracy_gate(item: AppliedThreshold, engine: dict[str, Any], report: dict[str, Any]) -> GateResult:
-    accuracy = engine.get("accuracy")
+    key = item.threshold.key
+    if key in REFERENCE_OF:
+        accuracy = engine.get("reference_accuracy")
+        if accuracy is None:
+            why = "it is FP32" if engine.get("precision") == "fp32" else "it was not validated"
+            return _result(
+                item, engine, None, f"the report has no reference accuracy for this engine ({why}): the exact-semantics "
+                "accuracy is measured for FP16 and INT8 models"
+            )  # fmt: skip
+        key = REFERENCE_OF[key]
+    else:
+        accuracy = engine.get("accuracy")
     if accuracy is None:
         return _result(item, engine, None, "the report has no accuracy for this engine (it was not validated)")
-    field = _ACCURACY_FIELD[item.threshold.key]
+    field = _ACCURACY_FIELD[key]
     value = accuracy.get(field)
     if value is not None:
         return _result(item, engine, value)

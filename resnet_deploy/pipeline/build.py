@@ -13,21 +13,25 @@ from ..artifacts import OnnxArtifact, staged_output_dir
 from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet, SelectionSet, calibrate
 from ..calibration.fp16 import convert_fp16
 from ..calibration.graph import excluded_nodes, load_onnx
-from ..calibration.quantize import make_int8, write_int8
+from ..calibration.quantize import judged_exactly, make_int8, write_int8
 from ..calibration.search import MixedPrecision, best_effort_path, mixed_precision_int8, target_on
 from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, SkipSummary, first_images, open_dataset
 from ..engines.base import Runner
+from ..engines.ort import exact_runner
 from ..engines.pytorch import PyTorchRunner
 from ..engines.trt import BatchProfile
+from ..isa import host_isa
+from ..isa import mismatch as cpu_mismatch
 from ..models import load_model
 from ..progress import Progress
 from .benchmark import benchmark_all, latency_cost
 from .export import export_onnx
 from .fold import fold_and_verify, save_folded
+from .kernels import broken_model, kernel_loss
 from .plan import EngineSpec, build_engines, check_engine_options, plan_engines
 from .report import EngineResult, Report, environment, read_report
-from .validate import validate_all
+from .validate import Accuracy, validate_all
 
 CHECK_IMAGES = 32  # real images used by the fold and export checks
 
@@ -117,18 +121,18 @@ def _reduced_precision(
         name, details, excluded = int8_name(target), None, fixed
         if config.accuracy_target is None:
             with timer(f"quantize-{target}"), tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
-                files = make_int8(fp32, calibration, target, fixed, example, Path(tmp), twin)
-                validated, *extra = _write_int8(fp32, calibration, target, files, stage, name, excluded, twin, None)
+                files = make_int8(fp32, calibration, target, fixed, example, Path(tmp), twin, cpu=config.cpu)
+                validated, *extra = _write_int8(fp32, calibration, target, files, stage, name, excluded, twin, None, config.cpu)
         else:
             with timer(f"search-{target}"):
                 search = mixed_precision_int8(
                     fp32, calibration, target, config.accuracy_target, selection.dataset, selection.describe(), example,
-                    work / target.value, fixed, config.threads, progress, fp16_twin=twin,
+                    work / target.value, fixed, config.threads, progress, fp16_twin=twin, cpu=config.cpu,
                 )  # fmt: skip
                 excluded, details = [*fixed, *search.excluded], {"mixed_precision": search.as_dict()}
                 name = name if search.met else best_effort_path(Path(name)).name
                 validated, *extra = _write_int8(
-                    fp32, calibration, target, search.chosen_files, stage, name, excluded, twin, details
+                    fp32, calibration, target, search.chosen_files, stage, name, excluded, twin, details, config.cpu
                 )
             result.searches.update({a.path.name: search for a in [validated, *extra]})
             progress.log(
@@ -142,10 +146,10 @@ def _reduced_precision(
     return result
 
 
-def _write_int8(fp32, calibration, target, files, stage: Path, name: str, excluded, twin: bool, details):
+def _write_int8(fp32, calibration, target, files, stage: Path, name: str, excluded, twin: bool, details, cpu):
     """model.int8-<target>.onnx (+ model.int8-<target>.fp16.onnx: INT8 + FP16 elsewhere, for TensorRT only)."""
     fp16_path = stage / name.replace(".onnx", ".fp16.onnx") if twin else None
-    return write_int8(fp32, calibration, target, files, stage / name, excluded, fp16_path, details)
+    return write_int8(fp32, calibration, target, files, stage / name, excluded, fp16_path, details, cpu)
 
 
 def int8_name(target: Target) -> str:
@@ -169,6 +173,12 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         calibration_set = CalibrationSet.draw(pool, config.calibration.size, config.calibration.seed) if reduced else None
     progress.log(f"loaded {model.arch} ({model.num_classes} classes, input {'x'.join(map(str, model.preprocess.input_size))})")
     warnings = _warnings(val, calibration_set) + ([selection.warning()] if selection and selection.warning() else [])
+    if reduced and Precision.INT8 in config.precisions and Target.ONNXRUNTIME in config.targets:
+        made_for = "onnxruntime-target INT8 model" + (f" (--cpu {config.cpu})" if config.cpu else "")
+        mismatch = cpu_mismatch(None if config.cpu is None else config.cpu.value, host_isa(), f"the {made_for}")
+        warnings += (
+            [f"{mismatch}; its engines' numbers here are this CPU's, its exact accuracy is the model's"] if mismatch else []
+        )
 
     with staged_output_dir(config.out, config.force) as stage, tempfile.TemporaryDirectory(prefix="resnet-deploy-") as work:
         with timer("fold"):
@@ -195,14 +205,21 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         runnable = [(result, runner) for result, runner in zip(results, maybe_runners) if runner is not None]
         runners = [runner for _, runner in runnable]
         reference_runner = PyTorchRunner(model.module, threads=config.threads)
+        exact = {
+            a.path.name: exact_runner(a.path, a.precision, a.target, config.threads) for a in artifacts if a.precision != "fp32"
+        }
         with timer("validate"):
-            accuracies = validate_all(reference_runner, runners, val, model.num_classes, config.batch_size, progress)
+            accuracies = validate_all(
+                reference_runner, [*runners, *exact.values()], val, model.num_classes, config.batch_size, progress
+            )
+        accuracies, exact_accuracies = accuracies[: len(runners)], dict(zip(exact, accuracies[len(runners) :]))
         sample = first_images(val, max(config.benchmark.batch_sizes))
         with timer("benchmark"):
             reference_latency, *latencies = benchmark_all([reference_runner, *runners], sample, config.benchmark, progress)
         for (result, runner), accuracy, latency in zip(runnable, accuracies, latencies):
             result.accuracy, result.latency = accuracy, latency
             result.details = {**result.details, "runtime": runner.describe()}
+        broken = _judge_against_exact(specs, results, exact_accuracies)
         if searches:
             with timer("latency-cost"):
                 _mixed_precision_results(specs, results, maybe_runners, searches, config, sample, Path(work), profile, progress)
@@ -236,6 +253,8 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             stages=timer.seconds,
             warnings=warnings,
             calibration=None if calibration is None else _calibration_summary(calibration, config.out.absolute() / CALIB_NAME),
+            broken_models=broken,
+            gated=config.gates is not None,
             notes=([] if calibration is None else list(calibration.notes))
             + [
                 f"{a.path.name}: the INT8 model for TensorRT with FP16 between the quantized layers; not run here "
@@ -259,6 +278,22 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
     return report
 
 
+def _judge_against_exact(specs: list[EngineSpec], results: list[EngineResult], exact: dict[str, Accuracy]) -> list[str]:
+    """Give each engine of a reduced-precision model its model's exact accuracy and, where the engine loses markedly
+    more, the kernel-loss line; return the lines for models below the sanity floor (kernels.py)."""
+    host = host_isa()
+    for spec, result in zip(specs, results):
+        quantization = spec.artifact.details.get("quantization") or {}
+        source = spec.artifact.path.name if spec.artifact.path.name in exact else quantization.get("same_qdq_as")
+        result.reference_accuracy = exact.get(source)
+        if result.accuracy is not None and result.reference_accuracy is not None:
+            made_for = (quantization.get("cpu") or {}).get("kind")
+            result.kernel_loss = kernel_loss(
+                result.name, result.target, made_for, result.accuracy, result.reference_accuracy, host
+            )
+    return [line for name, accuracy in exact.items() if (line := broken_model(name, accuracy))]
+
+
 def _mixed_precision_results(
     specs: list[EngineSpec],
     results: list[EngineResult],
@@ -277,7 +312,9 @@ def _mixed_precision_results(
         search = searches.get(spec.artifact.path.name)
         if search is None:
             continue
-        record = {**result.quantization["mixed_precision"], "on_val": target_on(search.target, result.accuracy, "--val-data")}
+        # checked on the number the search used: the model's exact accuracy where that is what it is judged by
+        judged = result.reference_accuracy if judged_exactly(search.target_kind, config.cpu) else result.accuracy
+        record = {**result.quantization["mixed_precision"], "on_val": target_on(search.target, judged, "--val-data")}
         if runner is not None and search.excluded:
             before = _baseline_runner(spec, search, config, work, profile)
             rows = latency_cost(before, runner, images, options.batch_sizes, progress=progress)

@@ -304,9 +304,11 @@ def _stages_section(report: dict[str, Any]) -> str:
 
 def _accuracy_section(report: dict[str, Any]) -> str:
     ref = report["reference"]
-    header = ["engine", "precision", "samples", "top-1 agree", "top-5 agree", "max abs diff", "mean abs diff",
-              "cosine min", "cosine mean", "top-1", "top-1 drop (pts)", "NaN/Inf"]  # fmt: skip
-    rows = [[f"{_esc(ref['name'])} (reference)", "fp32", "", "100%", "100%", "0", "0", "1", "1", _pct(ref.get("top1")), "", ""]]
+    header = ["engine", "precision", "samples", "top-1 agree", "exact top-1 agree", "top-5 agree", "max abs diff",
+              "mean abs diff", "cosine min", "cosine mean", "top-1", "top-1 drop (pts)", "NaN/Inf"]  # fmt: skip
+    rows = [
+        [f"{_esc(ref['name'])} (reference)", "fp32", "", "100%", "", "100%", "0", "0", "1", "1", _pct(ref.get("top1")), "", ""]
+    ]
     for engine in report["engines"]:
         acc = engine.get("accuracy")
         if engine.get("error") or acc is None:
@@ -314,14 +316,24 @@ def _accuracy_section(report: dict[str, Any]) -> str:
             rows.append([_esc(engine["name"]), _esc(engine.get("precision", "")), f'<span class="fail">{_esc(why)}</span>'])
             continue
         nonfinite = acc.get("nonfinite_outputs") or 0
+        exact = engine.get("reference_accuracy")
+        agree = _pct(acc.get("top1_agreement"))
         rows.append([
             _esc(engine["name"]), _esc(engine.get("precision", "")), _esc(acc.get("samples", "")),
-            _pct(acc.get("top1_agreement")), _pct(acc.get("top5_agreement")), _num(acc.get("max_abs_diff"), ".3g"),
+            f'<span class="fail">{agree} (kernel loss)</span>' if engine.get("kernel_loss") else agree,
+            _pct(exact.get("top1_agreement")) if exact else "", _pct(acc.get("top5_agreement")),
+            _num(acc.get("max_abs_diff"), ".3g"),
             _num(acc.get("mean_abs_diff"), ".3g"), _num(acc.get("cosine_min"), ".6f"), _num(acc.get("cosine_mean"), ".6f"),
             _pct(acc.get("top1")), _num(acc.get("top1_drop_points"), "+.2f"),
             f'<span class="fail">{nonfinite}</span>' if nonfinite else "0",
         ])  # fmt: skip
-    return "<h2>Accuracy against the PyTorch reference</h2>" + _table(header, rows, text_columns=2)
+    losses = [f"<li>{_esc(e['kernel_loss'])}</li>" for e in report["engines"] if e.get("kernel_loss")]
+    return (
+        "<h2>Accuracy against the PyTorch reference</h2><p>Exact top-1 agree: the model's own, under the exact ONNX "
+        "semantics of its graph (ONNX Runtime, graph optimizations off), whatever the CPU's INT8 instructions.</p>"
+        + _table(header, rows, text_columns=2)
+        + (f'<p class="fail">The CPU\'s kernels, not the model, lose accuracy:</p><ul>{"".join(losses)}</ul>' if losses else "")
+    )
 
 
 def _latency_section(report: dict[str, Any]) -> str:
@@ -457,7 +469,15 @@ def render_layers_html(layers: dict[str, Any]) -> str:
 
 def _environment_section(report: dict[str, Any]) -> str:
     host, versions = report.get("host", {}), report.get("versions", {})
-    rows = [[_esc(k), _esc(v)] for k, v in host.items()] + [[_esc(k), _esc(v)] for k, v in versions.items() if v]
+
+    def shown(key: str, value: Any) -> str:
+        if key == "isa" and isinstance(value, dict):  # the INT8 instruction sets and what they mean for U8S8
+            saturates = " (no VNNI: U8S8 sums saturate at 16 bits)" if value.get("u8s8_saturates") else ""
+            return f"{value.get('summary', '?')}; kind {value.get('kind', '?')}{saturates}"
+        return str(value)
+
+    rows = [[_esc("INT8 instruction sets" if k == "isa" else k), _esc(shown(k, v))] for k, v in host.items()]
+    rows += [[_esc(k), _esc(v)] for k, v in versions.items() if v]
     return "<h2>Environment</h2>" + _table(["", ""], rows, text_columns=2)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..artifacts import read_user_text, write_json_atomic, write_text_atomic
 from ..errors import UserError
+from ..isa import host_isa
 from .benchmark import Latency
 from .validate import Accuracy
 
@@ -55,6 +56,9 @@ class EngineResult:
     error: str | None = None  # why the engine could not be built or run (then it has no numbers)
     # INT8: method, samples, quantized_nodes, excluded_nodes, tool, ...; FP16: AutoCast's details; FP32: None
     quantization: dict[str, Any] | None = None
+    # FP16/INT8: the accuracy of the model file under its exact ONNX semantics (kernels.py), whatever the CPU
+    reference_accuracy: Accuracy | None = None
+    kernel_loss: str | None = None  # why the engine, as run here, agrees markedly less than its model (kernels.py)
 
     @property
     def failed(self) -> bool:
@@ -70,6 +74,8 @@ class EngineResult:
             "accuracy": None if self.accuracy is None else self.accuracy.as_dict(),
             "latency": [lat.as_dict() for lat in self.latency],
             "quantization": self.quantization,
+            "reference_accuracy": None if self.reference_accuracy is None else self.reference_accuracy.as_dict(),
+            "kernel_loss": self.kernel_loss,
             "details": self.details,
             "error": self.error,
             "passed": not self.failed,
@@ -137,12 +143,13 @@ def _tensorrt_version() -> str | None:
 
 
 def environment(threads: int | None) -> dict[str, Any]:
-    """Host and versions: what a latency number needs to be compared like with like."""
+    """Host and versions: what a latency number needs to be compared like with like (and an INT8 number: the ISA)."""
     import torch
 
     return {
         "host": {
             "cpu": _cpu_model(),
+            "isa": host_isa().as_dict(),
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
             "threads": threads or torch.get_num_threads(),
@@ -179,12 +186,15 @@ class Report:
     gates: GateReport | None = None  # set when the build ran with --gates
     warnings: list[str] = field(default_factory=list)  # things the user should look at (the CLI prints them)
     calibration: dict[str, Any] | None = None  # method, samples, data, cache reuse, calib.json path
+    broken_models: list[str] = field(default_factory=list)  # reduced-precision models below the sanity floor (kernels.py)
+    gated: bool = False  # the build has gates (--gates/--set): they, not the sanity floor, decide on accuracy
 
     @property
     def failures(self) -> list[str]:
+        """What makes the build exit 1. A model below the sanity floor fails it unless gates decide (--gates)."""
         nonfinite = [f"{e.name}: {e.accuracy.nonfinite_outputs} outputs are NaN/Inf" for e in self.engines if e.failed]
         missed = [target_failure(e.name, e.path, e.quantization) for e in self.engines if e.error is None]
-        return nonfinite + [m for m in missed if m]
+        return nonfinite + [m for m in missed if m] + ([] if self.gated else self.broken_models)
 
     @property
     def return_code(self) -> int:
@@ -204,7 +214,7 @@ class Report:
             "calibration": self.calibration,
             "stages": self.stages,
             "notes": self.notes,
-            "warnings": self.warnings,
+            "warnings": self.warnings + (self.broken_models if self.gated else []),
             "failures": self.failures,
             **self.environment,
             **({"gates": self.gates.as_dict()} if self.gates is not None else {}),
@@ -285,10 +295,13 @@ class _Shape:
             if name in names:
                 raise self.fail(f"engines[{i}].name", f"repeats engine {name!r}")
             names.add(name)
-            if engine.get("accuracy") is not None:
-                accuracy = self.dict(engine["accuracy"], f"engines[{i}].accuracy")
-                for key in _ACCURACY_NUMBERS:
-                    self.number(accuracy.get(key), f"engines[{i}].accuracy.{key}")
+            for field_name in ("accuracy", "reference_accuracy"):
+                if engine.get(field_name) is not None:
+                    accuracy = self.dict(engine[field_name], f"engines[{i}].{field_name}")
+                    for key in _ACCURACY_NUMBERS:
+                        self.number(accuracy.get(key), f"engines[{i}].{field_name}.{key}")
+            if not isinstance(engine.get("kernel_loss"), str | None):
+                raise self.fail(f"engines[{i}].kernel_loss", "must be a string or null")
             self.latency(engine.get("latency", []), f"engines[{i}].latency")
             if engine.get("quantization") is not None:
                 quantization = self.dict(engine["quantization"], f"engines[{i}].quantization")
@@ -394,6 +407,13 @@ def read_layers(path: Path) -> dict[str, Any]:
 
 
 _HOST_KEYS = ("cpu", "machine", "cpu_count", "threads", "gpu")
+
+
+def _isa_summary(host: dict[str, Any]) -> str:
+    isa = host.get("isa")
+    return str(isa.get("summary", "unknown")) if isinstance(isa, dict) else "unknown"
+
+
 _VERSION_KEYS = ("onnxruntime", "openvino", "torch", "onnx", "tensorrt")
 
 
@@ -402,8 +422,17 @@ def environment_differences(old: dict[str, Any], new: dict[str, Any], old_label:
     out = []
     old_host, new_host = old.get("host", {}), new.get("host", {})
     host = [f"{k} {old_host.get(k)!r} vs {new_host.get(k)!r}" for k in _HOST_KEYS if old_host.get(k) != new_host.get(k)]
+    old_isa, new_isa = _isa_summary(old_host), _isa_summary(new_host)
+    if old_isa != new_isa:
+        host.append(f"INT8 instruction sets {old_isa!r} vs {new_isa!r}")
     if host:
         out.append(f"{old_label} is from another machine or setting (" + "; ".join(host) + "): latency is not like with like")
+    old_kind, new_kind = (h.get("isa", {}).get("kind") if isinstance(h.get("isa"), dict) else None for h in (old_host, new_host))
+    if old_kind != new_kind:
+        out.append(
+            f"{old_label} ran on a CPU of another INT8 kind ({old_kind or 'unknown'} vs {new_kind or 'unknown'}): INT8 accuracy "
+            "as run differs between them (x86 without VNNI saturates U8S8 sums); compare the reference_accuracy of the models"
+        )
     old_v, new_v = old.get("versions", {}), new.get("versions", {})
     versions = [f"{k} {old_v.get(k)} vs {new_v.get(k)}" for k in _VERSION_KEYS if old_v.get(k) != new_v.get(k)]
     if versions:
@@ -445,28 +474,39 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"max abs diff {_num(fold.get('max_abs_diff'))}",
         f"- ONNX export: opset {export['opset']}, max abs diff vs PyTorch {_num(export.get('max_abs_diff'))}",
         f"- host: {host.get('cpu', '?')}, {host.get('threads', '?')} threads, GPU: {host.get('gpu') or 'none'}",
+        f"- INT8 instruction sets: {_isa_summary(host)}"
+        + (" (no VNNI: U8S8 sums saturate at 16 bits)" if (host.get("isa") or {}).get("u8s8_saturates") else ""),
         "",
         "## Accuracy against the PyTorch reference",
         "",
-        "| engine | precision | target | top-1 agree | top-5 agree | max abs diff | cosine min | top-1 | top-1 drop (pts) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Reduced-precision models are also measured under their exact ONNX semantics (ONNX Runtime, graph "
+        "optimizations off): the model's own top-1 agreement, whatever the CPU's INT8 instructions (`exact`).",
+        "",
+        "| engine | precision | target | top-1 agree | exact top-1 agree | top-5 agree | max abs diff | cosine min | top-1 "
+        "| top-1 drop (pts) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     ref = report["reference"]
-    lines.append(f"| {ref['name']} (reference) | fp32 | | 100% | 100% | 0 | 1 | {_pct(ref.get('top1'))} | |")
+    lines.append(f"| {ref['name']} (reference) | fp32 | | 100% | | 100% | 0 | 1 | {_pct(ref.get('top1'))} | |")
     for engine in report["engines"]:
-        acc = engine.get("accuracy")
+        acc, exact = engine.get("accuracy"), engine.get("reference_accuracy")
         if engine.get("error"):
-            lines.append(f"| {engine['name']} | {engine['precision']} | {engine['target'] or ''} | {engine['error']} ||||||")
+            lines.append(f"| {engine['name']} | {engine['precision']} | {engine['target'] or ''} | {engine['error']} |||||||")
             continue
         if acc is None:
             continue
         drop = acc.get("top1_drop_points")
         lines.append(
             f"| {engine['name']} | {engine['precision']} | {engine['target'] or ''} | {_pct(acc['top1_agreement'])} | "
+            f"{_pct(exact['top1_agreement']) if exact else ''} | "
             f"{_pct(acc['top5_agreement'])} | {_num(acc['max_abs_diff'])} | {_num(acc['cosine_min'], '.6f')} | "
             f"{_pct(acc.get('top1'))} | {_num(drop, '+.2f')} |"
             + ("" if engine.get("passed", True) else " **FAILED: NaN/Inf outputs**")
+            + (" **kernel loss**" if engine.get("kernel_loss") else "")
         )
+    losses = [e["kernel_loss"] for e in report["engines"] if e.get("kernel_loss")]
+    if losses:
+        lines += ["", "**The CPU's kernels, not the model, lose accuracy:**", ""] + [f"- {loss}" for loss in losses]
     batch_sizes = sorted({row["batch_size"] for e in [ref, *report["engines"]] for row in e.get("latency", [])})
     if batch_sizes:
         lines += ["", "## Latency (ms) and throughput (images/s)", ""]
