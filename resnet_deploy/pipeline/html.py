@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from .report import precision_label
+
 STYLE: dict[str, Any] = {
     "font.size": 9,
     "axes.titlesize": 10,
@@ -315,7 +317,7 @@ def _accuracy_section(report: dict[str, Any]) -> str:
             continue
         nonfinite = acc.get("nonfinite_outputs") or 0
         rows.append([
-            _esc(engine["name"]), _esc(engine.get("precision", "")), _esc(acc.get("samples", "")),
+            _esc(engine["name"]), _esc(precision_label(engine)), _esc(acc.get("samples", "")),
             _pct(acc.get("top1_agreement")), _pct(acc.get("top5_agreement")), _num(acc.get("max_abs_diff"), ".3g"),
             _num(acc.get("mean_abs_diff"), ".3g"), _num(acc.get("cosine_min"), ".6f"), _num(acc.get("cosine_mean"), ".6f"),
             _pct(acc.get("top1")), _num(acc.get("top1_drop_points"), "+.2f"),
