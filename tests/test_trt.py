@@ -345,13 +345,15 @@ def test_cuda_majors_of_the_tensorrt_wheel_names():
 
 
 def test_this_machine_reports_its_stack():
-    stack = CudaStack.current()  # real torch, real package metadata; no NVML driver here
+    import importlib.metadata
+
     import torch
 
+    stack = CudaStack.current()  # real torch, real package metadata, NVML when there is a driver
     assert stack.torch == torch.__version__ and stack.torch_cuda == torch.version.cuda
-    assert stack.polygraphy == "0.53.6" or stack.polygraphy.startswith("0.")
-    if NO_TENSORRT:
-        assert "an NVIDIA GPU (CUDA sees no device)" in missing_requirements() or stack.driver_too_old()
+    assert stack.polygraphy == importlib.metadata.version("polygraphy")
+    if NO_TENSORRT and stack.driver is None:  # no NVIDIA driver (this machine, CI): the plain reason
+        assert missing_requirements()[-1] == "an NVIDIA GPU (CUDA sees no device)"
 
 
 # ------------------------------------------------------------------------------- engine inspector
