@@ -840,7 +840,14 @@ def _console():
     return console if console.is_terminal else Console(width=200)  # a log file or a pipe: do not squeeze tables
 
 
-def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], providers: str, threads: int | None, options):
+def _runners(
+    onnx_paths: tuple[Path, ...],
+    engine_paths: tuple[Path, ...],
+    providers: str,
+    threads: int | None,
+    options,
+    batch_sizes: tuple[int, ...],
+):
     """Runners for --onnx files on each engine of --engines and TensorRT runners for --engine files (at least one)."""
     from .config import Engine, check_engines, parse_engines
     from .engines.openvino import OpenVINORunner
@@ -849,6 +856,7 @@ def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], provi
     from .isa import host_isa
     from .isa import mismatch as cpu_mismatch
     from .pipeline.kernels import made_for_cpu
+    from .pipeline.plan import ort_tensorrt_options
     from .pipeline.report import engine_name
 
     if not onnx_paths and not engine_paths:
@@ -866,7 +874,7 @@ def _runners(onnx_paths: tuple[Path, ...], engine_paths: tuple[Path, ...], provi
             click.echo(f"warning: {mismatch}", err=True)
         if Engine.ONNXRUNTIME in engines:
             name = engine_name(ort_backend_label(chain), precision, target)
-            runners.append(OrtRunner(path, name, precision, target, chain, threads))
+            runners.append(OrtRunner(path, name, precision, target, chain, threads, ort_tensorrt_options(batch_sizes)))
         if Engine.OPENVINO in engines:
             compute = [precision, "bf16"] if openvino.bf16 and precision == "fp32" else [precision]
             runners += [OpenVINORunner(path, engine_name("openvino", p, target), p, target, threads, openvino) for p in compute]
@@ -940,7 +948,7 @@ def validate(
             want = "x".join(map(str, shape))
             raise UserError(f"--onnx {path} takes {want} images, not {'x'.join(map(str, size))}; pass --input-size {want}")
     dataset = open_dataset(val_data, model.preprocess)
-    runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options)
+    runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options, (batch_size,))
     exact = {  # each reduced-precision file under its exact ONNX semantics: the model's own accuracy
         str(path): exact_runner(path, precision, target, threads)
         for path in onnx_paths
@@ -1021,7 +1029,7 @@ def bench(
     from .pipeline.benchmark import benchmark_all
 
     options = BenchmarkOptions(parse_int_list(batch_sizes, "--batch-sizes"), warmup, iterations)
-    runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options)
+    runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options, options.batch_sizes)
     shape = _input_shape(runners[0])
     if bool(arch) != bool(weights):
         raise UserError("--arch and --weights go together (they add the PyTorch reference); give both or neither")
@@ -1058,6 +1066,8 @@ def _print_summary(report: dict[str, Any]) -> None:
     """A short table on stdout: accuracy and latency per engine."""
     from rich.table import Table
 
+    from .pipeline.report import int8_compute
+
     rows = [report["reference"], *report["engines"]] if report["reference"].get("latency") else report["engines"]
     batch_sizes = sorted({lat["batch_size"] for row in rows for lat in row.get("latency", [])})
     table = Table(show_edge=False, pad_edge=False)
@@ -1073,6 +1083,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     for row in rows:
         search = (row.get("quantization") or {}).get("mixed_precision")
         cells = [row["name"] + ("" if not search or search["met"] else " (best effort: target missed)")]
+        cells[0] += " (simulated INT8)" if int8_compute(row) else ""
         acc = row.get("accuracy")
         if has_accuracy:
             reference = row.get("reference_accuracy")

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU: install the `tensorrt` extra, run the whole pipeline with
-# `--target tensorrt` on the digits ResNet-18 and on a ResNet-50, run the GPU tests (`pytest -m gpu`),
-# and print one table: engine, precision, top-1 agreement, p50/p99 ms and throughput at batch 1/8/64/128.
+# On a machine with an NVIDIA GPU. Two modes:
+#
+#   scripts/gpu-check.sh --quick   about 10 minutes on one H100/H200-class GPU, packages already installed
+#                                  (`make install` + the `tensorrt` extra): scripts/gpu_quick.py under
+#                                  `timeout 540`; one table, and OUT/quick/quick.json with every step's result.
+#   scripts/gpu-check.sh           25-40 minutes: installs, then the whole pipeline with `--target tensorrt` on
+#                                  the digits ResNet-18 and a ResNet-50, `pytest -m gpu`, and one table: engine,
+#                                  precision, top-1 agreement, p50/p99 ms and throughput at batch 1/8/64/128.
+#
+# Written without a GPU: neither mode has run yet (README, TensorRT).
 #
 # Environment (all optional):
 #   PYTHON=python3            interpreter for the venv (`make install`)
@@ -9,8 +16,12 @@
 #   PRECISIONS=fp32,fp16,int8 precisions to build
 #   RESNET50_WEIGHTS=...      a ResNet-50 state_dict; default: seeded random weights (agreement only)
 #   RESNET50_VAL=...          validation images for ResNet-50; default: the digits validation folder
-#   ORT_GPU=1                 also build and time ONNX Runtime on its CUDA execution provider (installs
-#                             onnxruntime-gpu[cuda,cudnn], the CUDA libraries it was built for); 0 to skip
+#   ORT_GPU=1                 also build and time ONNX Runtime on its CUDA execution provider; 0 to skip.
+#                             onnxruntime-gpu 1.24 is built for CUDA 12: this installs its CUDA-12 runtime
+#                             and cuBLAS (folders of their own, beside torch's CUDA-13 libraries) but NOT its
+#                             CUDA-12 cuDNN (`onnxruntime-gpu[cudnn]`): that one writes nvidia/cudnn/lib, the
+#                             folder of torch's CUDA-13 cuDNN. ONNX Runtime then finds torch's cuDNN 9, or its
+#                             provider refuses in one line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,21 +35,36 @@ if ! nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheade
     echo "gpu-check: nvidia-smi found no NVIDIA GPU; run this on a machine that has one" >&2
     exit 2
 fi
+if [ "${1:-}" = "--quick" ]; then
+    if [ ! -x "$BIN/python" ]; then
+        echo "gpu-check --quick: no $BIN/python; install first (make install, then $BIN/pip install -e '.[tensorrt]')" >&2
+        exit 2
+    fi
+    timeout 540 "$BIN/python" scripts/gpu_quick.py "$OUT/quick"
+    status=$?
+    if [ "$status" = 124 ]; then
+        echo "gpu-check --quick: stopped by timeout 540; the steps done so far are in $OUT/quick/quick.json" >&2
+    fi
+    exit "$status"
+fi
 make install PYTHON="${PYTHON:-python3}" || exit 2
 "$BIN/pip" install --quiet -c requirements/constraints.txt -e '.[tensorrt]' || exit 2
-if [ "$ORT_GPU" = 1 ]; then  # onnxruntime-gpu's own CUDA/cuDNN libraries (its CUDA major may differ from torch's)
-    "$BIN/pip" install --quiet -c requirements/constraints.txt 'onnxruntime-gpu[cuda,cudnn]' || exit 2
+if [ "$ORT_GPU" = 1 ]; then  # CUDA-12 runtime and cuBLAS for onnxruntime-gpu; no CUDA-12 cuDNN (see above)
+    "$BIN/pip" install --quiet -c requirements/constraints.txt 'onnxruntime-gpu[cuda]' 'nvidia-cublas-cu12~=12.0' || exit 2
 fi
 "$BIN/python" - <<'EOF' || exit 2
-from resnet_deploy.engines.trt import missing_message, missing_requirements
+import onnxruntime
+from onnxruntime.capi import build_and_package_info
 
+from resnet_deploy.engines.trt import CudaStack, missing_message, missing_requirements
+
+stack = CudaStack.current()
+print(f"{stack.describe()}, onnxruntime {onnxruntime.__version__} (built for CUDA {build_and_package_info.cuda_version})")
+if stack.mismatch():
+    print(stack.mismatch())
 missing = missing_requirements()
 if missing:
     raise SystemExit(f"gpu-check: {missing_message(missing)}")
-import tensorrt, torch, polygraphy, onnxruntime
-
-print(f"TensorRT {tensorrt.__version__}, polygraphy {polygraphy.__version__}, torch {torch.__version__} "
-      f"(CUDA {torch.version.cuda}), onnxruntime {onnxruntime.__version__}, GPU {torch.cuda.get_device_name()}")
 EOF
 
 status=0

@@ -11,10 +11,12 @@ from click.testing import CliRunner
 from resnet_deploy.artifacts import OnnxArtifact, sha256_file
 from resnet_deploy.cli import cli
 from resnet_deploy.config import load_toml_options
+from resnet_deploy.engines.trt import missing_requirements
 from resnet_deploy.examples import digits
 
 from .conftest import QUICK, accurate_or_flagged, build_args
 
+TENSORRT_HERE = not missing_requirements()  # TensorRT and an NVIDIA GPU: the TensorRT engines are built
 ENGINES = ["onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8", "onnxruntime-int8-tensorrt"]
 
 
@@ -41,10 +43,15 @@ def test_report_rows_carry_precision_target_and_quantization(built_reduced):
     rows = {name: row for name, row in all_rows.items() if row["backend"] == "onnxruntime"}
     assert list(rows) == ENGINES
     # --target tensorrt also plans TensorRT engines: FP32, FP16 and INT8 (built from the FP16-elsewhere twin);
-    # without TensorRT here they are recorded as not built, with the reason
+    # without TensorRT or a GPU they are recorded as not built, with the reason; with both they are built and validated
     trt = {name: row for name, row in all_rows.items() if row["backend"] == "tensorrt"}
     assert list(trt) == ["tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
-    assert all(row["error"].startswith("not built") and row["path"] is None for row in trt.values())
+    if TENSORRT_HERE:
+        for row in trt.values():
+            assert row["error"] is None and row["path"] == str(out / f"model.{row['precision']}.engine")
+            assert row["accuracy"]["top1_agreement"] >= {"fp32": 0.99, "fp16": 0.99, "int8": 0.98}[row["precision"]]
+    else:
+        assert all(row["error"].startswith("not built") and row["path"] is None for row in trt.values())
     assert trt["tensorrt-int8"]["quantization"]["same_qdq_as"] == "model.int8-tensorrt.onnx"
     assert [(r["precision"], r["target"]) for r in rows.values()] == [
         ("fp32", None),

@@ -18,21 +18,34 @@ from click.testing import CliRunner
 from resnet_deploy.artifacts import EngineArtifact, sidecar_path, write_with_sidecar
 from resnet_deploy.cli import cli
 from resnet_deploy.config import BuildConfig, Engine, HardwareCompat, Target, TensorRTOptions, parse_hardware_compat
+from resnet_deploy.engines.ort import (
+    SIMULATED_INT8,
+    OrtRunner,
+    OrtTensorrtOptions,
+    parse_providers,
+    tensorrt_provider_options,
+    tensorrt_refusal,
+)
 from resnet_deploy.engines.trt import (
     BatchProfile,
+    CudaStack,
     TensorRTRunner,
     TrtEnvironment,
     check_compatible,
+    count_layer_datatypes,
+    cuda_majors_of_tensorrt,
     engine_build_chain,
     missing_requirements,
+    run_build_chain,
+    tensor_datatype,
     version_tuple,
 )
-from resnet_deploy.errors import MissingDependency, UserError
+from resnet_deploy.errors import CheckFailed, MissingDependency, UserError
 from resnet_deploy.pipeline.benchmark import Latency
-from resnet_deploy.pipeline.plan import plan_engines
+from resnet_deploy.pipeline.plan import ort_tensorrt_options, plan_engines
 from resnet_deploy.pipeline.report import engine_name, to_markdown
 
-from .conftest import build_args
+from .conftest import build_args, one_error_line
 
 NO_TENSORRT = bool(missing_requirements())
 needs_no_tensorrt = pytest.mark.skipif(not NO_TENSORRT, reason="checks the path taken when TensorRT or the GPU is missing")
@@ -127,7 +140,14 @@ def test_polygraphy_chain_is_the_documented_strongly_typed_build(fp32_onnx, tmp_
     profile = BatchProfile.from_batch_sizes((1, 8, 32))
     chain = engine_build_chain(fp32_onnx.path, tmp_path / "m.engine", fp32_onnx.input_name, (3, 32, 32), options, profile)
 
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig, SaveEngine
+    from polygraphy.backend.common import SaveBytes
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineBytesFromNetwork,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessConfig,
+    )
 
     assert isinstance(chain.network, NetworkFromOnnxPath) and chain.network.path == str(fp32_onnx.path)
     assert chain.network.strongly_typed is True
@@ -144,8 +164,12 @@ def test_polygraphy_chain_is_the_documented_strongly_typed_build(fp32_onnx, tmp_
     assert chain.config.timing_cache_path == str(cache)
     assert chain.config.builder_optimization_level == 4 and chain.config.version_compatible is True
     assert isinstance(chain.builder_config, PostprocessConfig)
-    assert isinstance(chain.engine, EngineFromNetwork) and chain.engine.timing_cache_path == str(cache)
-    assert isinstance(chain.save, SaveEngine) and chain.save.path == str(tmp_path / "m.engine")
+    # bytes are built and written as they are: a version-compatible engine cannot be deserialized and serialized
+    # again (EngineFromNetwork + SaveEngine did that); EngineFromNetwork subclasses the bytes loader, so say it exactly
+    assert type(chain.engine_bytes) is EngineBytesFromNetwork and not isinstance(chain.engine_bytes, EngineFromNetwork)
+    assert chain.engine_bytes.timing_cache_path == str(cache)
+    assert type(chain.save) is SaveBytes
+    assert (chain.save._bytes, chain.save._path) == (chain.engine_bytes, str(tmp_path / "m.engine"))  # SaveBytes(obj, path)
 
 
 def test_polygraphy_chain_defaults_leave_tensorrt_defaults(fp32_onnx, tmp_path):
@@ -153,18 +177,21 @@ def test_polygraphy_chain_defaults_leave_tensorrt_defaults(fp32_onnx, tmp_path):
         fp32_onnx.path, tmp_path / "m.engine", "input", (3, 32, 32), TensorRTOptions(), BatchProfile(1, 1, 1)
     )
     assert chain.config.tf32 is False  # TF32 only on request
-    assert chain.config.timing_cache_path is None and chain.engine.timing_cache_path is None
+    assert chain.config.timing_cache_path is None and chain.engine_bytes.timing_cache_path is None
     assert chain.config.builder_optimization_level is None and not chain.config.version_compatible
 
 
 @needs_no_tensorrt
-def test_the_chain_needs_tensorrt_only_when_called(fp32_onnx, tmp_path):
-    from polygraphy.exception import PolygraphyException
-
+def test_a_failed_build_is_one_checkfailed_line_and_writes_nothing(fp32_onnx, tmp_path):
+    """The real polygraphy chain, called here without TensorRT, fails inside polygraphy (its lazy import of
+    TensorRT): the failure reaches the user as the tool's one-line CheckFailed, not polygraphy's exception."""
     engine = tmp_path / "m.engine"
     chain = engine_build_chain(fp32_onnx.path, engine, "input", (3, 32, 32), TensorRTOptions(), BatchProfile(1, 1, 1))
-    with pytest.raises(PolygraphyException, match="tensorrt"):
-        chain.save()
+    with pytest.raises(CheckFailed) as info:
+        run_build_chain(chain, "model.fp32.onnx")
+    message = str(info.value)
+    assert message.startswith("TensorRT could not build an engine from model.fp32.onnx: ") and "tensorrt" in message
+    assert "\n" not in message and info.value.__cause__ is None and info.value.__suppress_context__
     assert not engine.exists()
 
 
@@ -283,6 +310,169 @@ def test_bench_engine_without_tensorrt_exits_2_with_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "missing here: TensorRT" in result.stderr
 
 
+# ----------------------------------------------------------------------------- CUDA versions (preflight)
+
+STACK = CudaStack("2.14.1+cu130", "13.0", "580.65.06", "13.0", "11.4.0.106", (13,), "0.53.6")
+
+
+def test_matching_cuda_stack_has_no_mismatch():
+    assert STACK.mismatch() is None and STACK.driver_too_old() is None
+    line = STACK.describe()
+    assert "torch 2.14.1+cu130 (CUDA 13.0)" in line and "driver 580.65.06 (CUDA up to 13.0)" in line
+    assert "TensorRT 11.4.0.106 (cu13)" in line and "polygraphy 0.53.6" in line
+
+
+def test_a_cuda_12_driver_is_named_as_the_cause():
+    """A CUDA-13 torch on a CUDA-12 driver sees no device: the one line says the driver is the cause."""
+    old = dataclasses.replace(STACK, driver="550.54.15", driver_cuda="12.4")
+    (line,) = [old.driver_too_old()]
+    assert "driver 550.54.15 runs CUDA up to 12.4" in line and "built for CUDA 13.0" in line and "580" in line
+    assert "tensorrt-cu12" in line and "\n" not in line
+    assert old.mismatch().startswith("CUDA mismatch: ")
+
+
+def test_tensorrt_wheels_for_another_cuda_are_a_mismatch():
+    line = dataclasses.replace(STACK, tensorrt_cuda=(12,)).mismatch()
+    assert line.startswith("CUDA mismatch: torch 2.14.1+cu130 is built for CUDA 13.0 but the TensorRT wheels are tensorrt-cu12")
+    assert dataclasses.replace(STACK, tensorrt_cuda=()).mismatch() is None  # no TensorRT wheels: nothing to compare
+    assert dataclasses.replace(STACK, torch_cuda=None).mismatch() is None  # a CPU torch: missing_requirements says so
+
+
+def test_cuda_majors_of_the_tensorrt_wheel_names():
+    names = ["tensorrt-cu13", "tensorrt_cu13_bindings", "tensorrt-cu13-libs", "tensorrt", "torch", "nvidia-cudnn-cu13"]
+    assert cuda_majors_of_tensorrt(names) == {13}
+    assert cuda_majors_of_tensorrt(["TensorRT-cu12-libs", "tensorrt_cu13"]) == {12, 13}
+
+
+def test_this_machine_reports_its_stack():
+    import importlib.metadata
+
+    import torch
+
+    stack = CudaStack.current()  # real torch, real package metadata, NVML when there is a driver
+    assert stack.torch == torch.__version__ and stack.torch_cuda == torch.version.cuda
+    assert stack.polygraphy == importlib.metadata.version("polygraphy")
+    if NO_TENSORRT and stack.driver is None:  # no NVIDIA driver (this machine, CI): the plain reason
+        assert missing_requirements()[-1] == "an NVIDIA GPU (CUDA sees no device)"
+
+
+# ------------------------------------------------------------------------------- engine inspector
+
+# The engine inspector's layer JSON, reduced to the keys read (polygraphy's inspect model reads the same ones):
+# TensorRT 10 writes "Format/Datatype", TensorRT 11 splits it into "Datatype" and "Format".
+TRT10_LAYERS = [
+    {"Name": "conv1", "Outputs": [{"Name": "a", "Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}]},
+    {"Name": "conv2", "Outputs": [{"Name": "b", "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]},
+    {"Name": "fc", "Outputs": [{"Name": "c", "Format/Datatype": "Row major linear FP32"}]},
+    {"Name": "reformat", "Outputs": []},
+]
+TRT11_LAYERS = [
+    {"Name": "conv1", "Outputs": [{"Name": "a", "Datatype": "Int8", "Format": "Thirty-two wide channel vectorized"}]},
+    {"Name": "conv2", "Outputs": [{"Name": "b", "Datatype": "Half", "Format": "Channel major"}]},
+    {"Name": "fc", "Outputs": [{"Name": "c", "Datatype": "Float", "Format": "Row major linear"}]},
+]
+
+
+def test_layer_datatypes_from_both_inspector_layouts():
+    assert count_layer_datatypes(TRT10_LAYERS) == {"int8": 1, "fp16": 1, "fp32": 1, "other": 1}
+    assert count_layer_datatypes(TRT11_LAYERS) == {"int8": 1, "fp16": 1, "fp32": 1}
+    assert [tensor_datatype({"Datatype": t}) for t in ("BFloat16", "UInt8", "Int32", "")] == ["bf16", "uint8", "int32", None]
+
+
+# ------------------------------------------------------------------ ONNX Runtime's TensorRT provider
+
+
+def test_providers_come_in_onnx_runtimes_order_of_preference():
+    assert parse_providers("cuda,tensorrt") == ("tensorrt", "cuda", "cpu")  # CUDA after TensorRT, whatever the order given
+    assert parse_providers("tensorrt") == ("tensorrt", "cuda", "cpu")  # CUDA takes the nodes TensorRT does not
+    assert parse_providers("cpu,cuda") == ("cuda", "cpu") and parse_providers("cpu") == ("cpu",)
+
+
+@pytest.mark.parametrize(
+    ("precision", "int8", "fp16"), [("int8", "True", "False"), ("fp16", "False", "True"), ("fp32", "False", "False")]
+)
+def test_tensorrt_provider_options_follow_the_model(tmp_path, precision, int8, fp16):
+    options = OrtTensorrtOptions(profile=(1, 8, 32), cache_root=tmp_path)
+    values = tensorrt_provider_options(precision, "input", (3, 224, 224), "ab" * 32, options)
+    assert values == {
+        "trt_int8_enable": int8,  # a Q/DQ model: else TensorRT's "int8 is not configured in the builder"
+        "trt_fp16_enable": fp16,  # an AutoCast model: else its FP16 layers may run in FP32
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(tmp_path / ("ab" * 8)),  # per model content: ORT's own key ignores the weights
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(tmp_path),
+        "trt_profile_min_shapes": "input:1x3x224x224",
+        "trt_profile_opt_shapes": "input:8x3x224x224",
+        "trt_profile_max_shapes": "input:32x3x224x224",
+    }
+
+
+def test_tensorrt_provider_option_names_are_those_of_the_installed_onnxruntime():
+    """Every option name is one the installed ONNX Runtime's TensorRT provider library knows (it parses them)."""
+    import onnxruntime
+
+    library = Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
+    if not library.exists():
+        pytest.skip("this onnxruntime build has no TensorRT provider library")
+    data = library.read_bytes()
+    names = tensorrt_provider_options("int8", "input", (3, 32, 32), "0" * 64, OrtTensorrtOptions(profile=(1, 1, 1)))
+    assert [name for name in names if name.encode() + b"\0" not in data] == []
+
+
+def test_the_batch_profile_of_the_tensorrt_provider():
+    assert ort_tensorrt_options((1, 8), 32).profile == (1, 8, 32)  # validation batches of 32 (and a shorter last one)
+    assert ort_tensorrt_options((1, 8, 64, 128), 32).profile == (1, 64, 128)  # opt as TensorRT's own engines
+    assert ort_tensorrt_options((4, 8), 1, opt=4).profile == (1, 4, 8)
+
+
+def test_tensorrt_refusal_names_the_versions():
+    line = tensorrt_refusal("1.24.4", "Please install TensorRT libraries")
+    assert line.startswith("ONNX Runtime 1.24.4 could not start its TensorRT execution provider (Please install TensorRT")
+    assert "ONNX Runtime supports TensorRT 11 only from 1.27" in line and "--providers cuda" in line
+    assert "TensorRT 11 only" not in tensorrt_refusal("1.27.0", "x") and "\n" not in line
+
+
+@needs_no_tensorrt
+def test_tensorrt_provider_that_cannot_start_is_one_line(fp32_onnx, tmp_path):
+    """The real ONNX Runtime session, asked for its TensorRT provider on a machine without TensorRT: one line
+    saying so (no silent fallback to CUDA or the CPU), with the options it was given."""
+    from resnet_deploy.artifacts import sha256_file
+
+    runner = OrtRunner(
+        fp32_onnx.path, "onnxruntime-tensorrt-fp32", "fp32", None, parse_providers("tensorrt"), 1,
+        OrtTensorrtOptions(profile=(1, 4, 8), cache_root=tmp_path),
+    )  # fmt: skip
+    with pytest.raises(MissingDependency) as info:
+        runner.__enter__()
+    message = str(info.value)
+    assert message.startswith("ONNX Runtime ") and "could not start its TensorRT execution provider" in message
+    assert "TensorRT 11 only from 1.27" in message and "\n" not in message and not runner.is_active
+    options = runner.describe()["tensorrt_options"]
+    assert options["trt_engine_cache_path"] == str(tmp_path / sha256_file(fp32_onnx.path)[:16])
+    assert Path(options["trt_engine_cache_path"]).is_dir()  # made beforehand: ONNX Runtime creates one level only
+    assert options["trt_profile_max_shapes"] == "input:8x3x32x32" and options["trt_int8_enable"] == "False"
+
+
+@needs_no_tensorrt
+def test_bench_with_the_tensorrt_provider_exits_2_with_one_line(fp32_onnx):
+    args = ["bench", "--onnx", str(fp32_onnx.path), "--providers", "tensorrt", "--iterations", "1", "-q"]
+    result = CliRunner().invoke(cli, args)
+    one_error_line(result, "could not start its TensorRT execution provider")
+
+
+def test_onnxruntime_int8_on_cuda_is_labelled_simulated(built):
+    runner = OrtRunner(Path("m.onnx"), "onnxruntime-cuda-int8", "int8", "onnxruntime", ("cuda", "cpu"))
+    assert runner.describe()["int8_compute"] == SIMULATED_INT8 and "DequantizeLinear + FP32" in SIMULATED_INT8
+    for precision, providers in (("int8", ("tensorrt", "cuda", "cpu")), ("fp16", ("cuda", "cpu")), ("int8", ("cpu",))):
+        assert "int8_compute" not in OrtRunner(Path("m.onnx"), "x", precision, None, providers).describe()
+    _, _, out = built
+    report = json.loads((out / "report.json").read_text())
+    row = dict(report["engines"][0], name="onnxruntime-cuda-int8", precision="int8")
+    row["details"] = {**row["details"], "runtime": {**row["details"]["runtime"], "int8_compute": SIMULATED_INT8}}
+    report["engines"] = [row]
+    assert "| onnxruntime-cuda-int8 | int8 (simulated: DequantizeLinear + FP32 convs) |" in to_markdown(report)
+
+
 # ------------------------------------------------------------------------------------ engine plan
 
 
@@ -324,6 +514,14 @@ def test_plan_tensorrt_builds_from_the_models_made_for_it(fp32_onnx, tmp_path):
 def test_plan_names_the_execution_provider(fp32_onnx, tmp_path):
     specs = plan_engines([fp32_onnx], _config(tmp_path, (Target.TENSORRT,), providers=("cuda", "cpu")))
     assert [s.name for s in specs] == ["onnxruntime-cuda-fp32", "tensorrt-fp32"]
+
+
+def test_plan_gives_the_tensorrt_provider_the_batch_profile(fp32_onnx, tmp_path):
+    config = _config(tmp_path, (Target.ONNXRUNTIME,), providers=parse_providers("tensorrt"))
+    (spec,) = plan_engines([fp32_onnx], config)
+    runner = spec.runner(config, tmp_path)
+    assert spec.name == "onnxruntime-tensorrt-fp32" and runner.providers == ("tensorrt", "cuda", "cpu")
+    assert runner.tensorrt.profile == (1, 8, config.batch_size)  # benchmark 1,8; validation batches of 32
 
 
 def test_engine_names():

@@ -1,12 +1,20 @@
-"""ONNX Runtime engine: an ONNX file run by an InferenceSession (CPU by default; CUDA/TensorRT on request)."""
+"""ONNX Runtime engine: an ONNX file run by an InferenceSession (CPU by default; CUDA/TensorRT on request).
+
+With `--providers tensorrt` ONNX Runtime's TensorRT execution provider gets what a model needs (INT8 for a Q/DQ
+model, FP16 for an FP16 one, the batch profile) and caches its engines and timing, keyed by the model's content;
+CUDA comes after it (for nodes TensorRT does not take), the CPU last. None of the GPU providers has run here.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import read_onnx
+from ..artifacts import read_onnx, sha256_file
 from ..errors import MissingDependency, UserError
 from .base import Runner
 
@@ -15,19 +23,23 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+PREFERENCE = ("tensorrt", "cuda", "cpu")  # the order ONNX Runtime is given them in
 
 
 def parse_providers(text: str, option: str = "--providers") -> tuple[str, ...]:
-    """'cuda,cpu' -> ('cuda', 'cpu'); the CPU provider is always last as the fallback."""
-    names = []
+    """'cuda,cpu' -> ('cuda', 'cpu'); always in ONNX Runtime's order of preference: TensorRT, CUDA, CPU.
+
+    TensorRT takes the nodes it can, CUDA the rest on the GPU (so `tensorrt` brings `cuda` along, as ONNX
+    Runtime's documentation asks), and the CPU provider is always last as the fallback.
+    """
+    names = set()
     for part in (p.strip().lower() for p in text.split(",") if p.strip()):
         if part not in PROVIDERS:
             raise UserError(f"{option}: unknown execution provider {part!r}; valid: {', '.join(PROVIDERS)}")
-        if part not in names:
-            names.append(part)
-    if "cpu" in names:
-        names.remove("cpu")
-    return (*names, "cpu")
+        names.add(part)
+    if "tensorrt" in names:
+        names.add("cuda")
+    return tuple(p for p in PREFERENCE if p in names or p == "cpu")
 
 
 def _preload_cuda_libraries(ort) -> None:
@@ -58,6 +70,82 @@ def ort_backend_label(providers: tuple[str, ...]) -> str:
     return "onnxruntime" if providers[0] == "cpu" else f"onnxruntime-{providers[0]}"
 
 
+# What an INT8 (Q/DQ) model computes on ONNX Runtime's CUDA provider: it runs each DequantizeLinear and then the
+# convolution in FP32 (no fused INT8 kernels), so the row measures INT8 numerics at FP32 (or slower) speed.
+SIMULATED_INT8 = "simulated INT8: DequantizeLinear + FP32 convolutions on the CUDA execution provider"
+
+
+def default_cache_root() -> Path:
+    """Where ONNX Runtime's TensorRT provider keeps its engines and timing cache: $XDG_CACHE_HOME/resnet-deploy/ort-tensorrt."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet-deploy" / "ort-tensorrt"
+
+
+@dataclass(frozen=True)
+class OrtTensorrtOptions:
+    """What ONNX Runtime's TensorRT execution provider gets besides the model (`--providers tensorrt`).
+
+    `profile` is the (min, opt, max) batch size of its one optimization profile; None lets the provider
+    derive profiles from the shapes it sees (rebuilding its engine when a new one comes). Its engines are
+    cached under `cache_root`, in a folder named after the model's sha256: the provider's own cache key
+    hashes the model's file name and tensor names, not its weights, so two models of the same architecture
+    must not share a folder. The timing cache (per compute capability, named by the provider) is shared.
+    """
+
+    profile: tuple[int, int, int] | None = None
+    cache_root: Path | None = None  # None: default_cache_root()
+
+    def root(self) -> Path:
+        return self.cache_root or default_cache_root()
+
+
+def tensorrt_provider_options(
+    precision: str, input_name: str, chw: tuple[int, int, int], model_sha256: str, options: OrtTensorrtOptions
+) -> dict[str, str]:
+    """The TensorRT execution provider's options for one model (names and value syntax of ONNX Runtime 1.24).
+
+    A Q/DQ model needs INT8 enabled (else TensorRT fails with "int8 is not configured in the builder"), an FP16
+    (AutoCast) model FP16 enabled (else its FP16 layers may run in FP32): ONNX Runtime builds weakly typed networks.
+    """
+    root = options.root()
+    values = {
+        "trt_int8_enable": str(precision == "int8"),
+        "trt_fp16_enable": str(precision == "fp16"),
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(root / model_sha256[:16]),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(root),
+    }
+    if options.profile is not None:
+        c, h, w = chw
+        for kind, batch in zip(("min", "opt", "max"), options.profile):
+            values[f"trt_profile_{kind}_shapes"] = f"{input_name}:{batch}x{c}x{h}x{w}"
+    return values
+
+
+def tensorrt_refusal(ort_version: str, detail: str) -> str:
+    """One line for a TensorRT execution provider that could not start (or build its engine)."""
+    versions = ""
+    if _version(ort_version) < (1, 27):
+        versions = (
+            f"; onnxruntime-gpu {ort_version} runs TensorRT 10 for CUDA 12 only (libnvinfer.so.10), "
+            "ONNX Runtime supports TensorRT 11 only from 1.27"
+        )
+    return (
+        f"ONNX Runtime {ort_version} could not start its TensorRT execution provider ({detail}){versions}; "
+        "use --providers cuda (or cpu) for ONNX Runtime here, and --target tensorrt for TensorRT engines"
+    )
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(m) for m in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def _ort_error(exc: BaseException) -> str:
+    """ONNX Runtime's error text without the C++ source location and signature it starts with."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return re.sub(r"^\S+\.(?:cc|h):\d+ [^()]*\([^)]*\)\s*", "", line)[:200]
+
+
 class OrtRunner(Runner):
     """An ONNX file on ONNX Runtime. With `exact`, graph optimizations are off: every QuantizeLinear,
     DequantizeLinear and float op runs as the ONNX spec defines it (no fused integer kernels), on the CPU:
@@ -73,6 +161,7 @@ class OrtRunner(Runner):
         target: str | None = None,
         providers: tuple[str, ...] = ("cpu",),
         threads: int | None = None,
+        tensorrt: OrtTensorrtOptions | None = None,
         exact: bool = False,
     ) -> None:
         super().__init__(name, precision, target)
@@ -80,6 +169,8 @@ class OrtRunner(Runner):
         self.providers = ("cpu",) if exact else providers
         self.threads = threads
         self.exact = exact
+        self.tensorrt = tensorrt or OrtTensorrtOptions()
+        self._tensorrt_options: dict[str, str] | None = None
         self._session = None
         self._input_name = ""
         self._output_name = ""
@@ -106,16 +197,33 @@ class OrtRunner(Runner):
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         disabled = list(NOT_FOR_TENSORRT_MODELS) if self.target == "tensorrt" else []
-        read_onnx(self.onnx_path, option="ONNX file")  # refuses unsafe external data before ONNX Runtime reads it
+        proto = read_onnx(self.onnx_path, option="ONNX file")  # refuses unsafe external data before ONNX Runtime reads it
+        providers: list = list(wanted)
+        if "tensorrt" in self.providers:
+            input_name, chw = image_input(proto, self.onnx_path)
+            self._tensorrt_options = tensorrt_provider_options(
+                self.precision, input_name, chw, sha256_file(self.onnx_path), self.tensorrt
+            )
+            Path(self._tensorrt_options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)  # ORT makes one level only
+            providers[0] = (PROVIDERS["tensorrt"], self._tensorrt_options)
+            _preload_tensorrt()
         try:
             session = ort.InferenceSession(
-                str(self.onnx_path), sess_options=options, providers=wanted, disabled_optimizers=disabled
+                str(self.onnx_path),
+                sess_options=options,
+                providers=providers,
+                disabled_optimizers=disabled,
+                enable_fallback=0,  # a provider that fails is an error here, not a silent retry on the next one
             )
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
-            detail = str(exc).splitlines()[0][:200]
+            detail = _ort_error(exc)
+            if "tensorrt" in self.providers and re.search(r"tensorrt|EP_FAIL", detail, re.IGNORECASE):
+                raise MissingDependency(tensorrt_refusal(ort.__version__, detail)) from None
             raise UserError(f"ONNX Runtime cannot load {self.onnx_path}: {detail}") from None
         started = session.get_providers()
         failed = [p for p in wanted if p not in started]
+        if PROVIDERS["tensorrt"] in failed:
+            raise MissingDependency(tensorrt_refusal(ort.__version__, "its libraries did not load"))
         if failed:
             raise MissingDependency(
                 f"ONNX Runtime could not start {', '.join(failed)} (no GPU or missing CUDA/TensorRT libraries?); "
@@ -144,7 +252,23 @@ class OrtRunner(Runner):
             "path": str(self.onnx_path),
             **({"graph_optimization": "disabled (exact ONNX semantics)"} if self.exact else {}),
             **({"disabled_optimizers": list(NOT_FOR_TENSORRT_MODELS)} if self.target == "tensorrt" and not self.exact else {}),
+            **({"tensorrt_options": dict(self._tensorrt_options)} if self._tensorrt_options else {}),
+            **({"int8_compute": SIMULATED_INT8} if self.simulated_int8 else {}),
         }
+
+    @property
+    def simulated_int8(self) -> bool:
+        """An INT8 (Q/DQ) model on the CUDA provider: INT8 numerics, FP32 kernels."""
+        return self.precision == "int8" and self.providers[0] == "cuda"
+
+
+def _preload_tensorrt() -> None:
+    """Load TensorRT's libraries if the `tensorrt` wheels are installed (ONNX Runtime's TensorRT provider links
+    libnvinfer by name and does not know the wheels' folder); any failure is left for ONNX Runtime to report."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        import tensorrt  # noqa: F401
 
 
 def exact_runner(onnx_path: Path, precision: str, target: str | None, threads: int | None = None) -> OrtRunner:
@@ -184,7 +308,11 @@ def describe_onnx(path: Path) -> tuple[str, str | None]:
 
 def onnx_input_shape(path: Path) -> tuple[int, int, int]:
     """(C, H, W) of the model's image input."""
-    proto = read_onnx(path)
+    return image_input(read_onnx(path), path)[1]
+
+
+def image_input(proto, path: Path) -> tuple[str, tuple[int, int, int]]:
+    """(name, (C, H, W)) of the one image input of an ONNX ModelProto read from `path`."""
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -192,4 +320,4 @@ def onnx_input_shape(path: Path) -> tuple[int, int, int]:
     dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or not all(dims[1:]):
         raise UserError(f"--onnx {path}: input shape {dims} is not (N, C, H, W) with fixed C, H, W")
-    return (dims[1], dims[2], dims[3])
+    return inputs[0].name, (dims[1], dims[2], dims[3])

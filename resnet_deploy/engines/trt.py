@@ -6,9 +6,11 @@ and on TensorRT 10 `NetworkFromOnnxPath(strongly_typed=True)` sets `NetworkDefin
 FP32 engine (TF32 only with --tf32), FP16 ONNX (ModelOpt AutoCast) -> FP16, Q/DQ ONNX -> INT8. No
 precision builder flags, no calibrator.
 
-Only `build_engine` and the runner's `_activate` / `_infer` need TensorRT and a GPU. The rest is plain
-Python checked on the CPU: the batch profile, the polygraphy loader chain (polygraphy's loaders are lazy
-and import TensorRT only when called), the manifest and its compatibility check.
+Only `build_engine`, the runner's `_activate` / `_infer` and `engine_layer_datatypes` need TensorRT and a GPU.
+The rest is plain Python checked on the CPU: the batch profile, the polygraphy loader chain (polygraphy's
+loaders are lazy and import TensorRT only when called), the manifest and its compatibility check, the CUDA
+versions of torch, the driver and TensorRT (`CudaStack`). None of the TensorRT/GPU code has run on a GPU yet
+(README, TensorRT).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import importlib.metadata
 import re
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ import numpy as np
 
 from ..artifacts import EngineArtifact, OnnxArtifact, atomic_path, sha256_file, sidecar_path, write_json_atomic
 from ..config import HardwareCompat, TensorRTOptions
-from ..errors import CheckFailed, MissingDependency, UserError
+from ..errors import CheckFailed, MissingDependency, ResnetDeployError, UserError
 from .base import Runner
 
 MIN_TENSORRT_MAJOR = 10
@@ -58,7 +63,8 @@ def missing_requirements() -> list[str]:
     except Exception:  # noqa: BLE001 - a broken CUDA setup means no usable GPU
         has_gpu = False
     if not has_gpu:
-        missing.append("an NVIDIA GPU (CUDA sees no device)")
+        # a driver too old for torch's CUDA also leaves CUDA without a device: name that cause instead
+        missing.append(CudaStack.current().driver_too_old() or "an NVIDIA GPU (CUDA sees no device)")
     return missing
 
 
@@ -110,17 +116,101 @@ class TrtEnvironment:
 
 def _driver_version() -> str | None:
     """The NVIDIA driver version (NVML, from nvidia-ml-py), or None when it cannot be read."""
+    return _nvml_driver()[0]
+
+
+def _nvml_driver() -> tuple[str | None, str | None]:
+    """(driver version "580.65.06", newest CUDA it supports "13.0") from NVML (nvidia-ml-py); None when unreadable."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
             version = pynvml.nvmlSystemGetDriverVersion()
+            cuda = pynvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12080 for CUDA 12.8
         finally:
             pynvml.nvmlShutdown()
-        return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # noqa: BLE001 - the driver version is informative only
+    except Exception:  # noqa: BLE001 - no NVML library, no driver, or no nvidia-ml-py: informative only
+        return None, None
+    return (version.decode() if isinstance(version, bytes) else str(version)), f"{cuda // 1000}.{cuda % 1000 // 10}"
+
+
+def cuda_majors_of_tensorrt(distributions: Iterable[str]) -> set[int]:
+    """The CUDA majors of the installed TensorRT wheels, from their names (tensorrt-cu12, tensorrt_cu13_libs, ...)."""
+    found = (re.fullmatch(r"tensorrt[-_]cu(\d+)(?:[-_].*)?", name.lower()) for name in distributions)
+    return {int(match.group(1)) for match in found if match}
+
+
+@dataclass(frozen=True)
+class CudaStack:
+    """The CUDA versions a TensorRT run depends on, read without needing any of them to work (the preflight)."""
+
+    torch: str
+    torch_cuda: str | None  # torch.version.cuda: the CUDA torch is built for ("13.0"; None for a CPU build)
+    driver: str | None  # NVIDIA driver version (NVML)
+    driver_cuda: str | None  # the newest CUDA that driver runs ("13.0"; NVML)
+    tensorrt: str | None  # tensorrt.__version__, None when it cannot be imported
+    tensorrt_cuda: tuple[int, ...]  # CUDA majors of the installed TensorRT wheels (tensorrt-cu12 / tensorrt-cu13)
+    polygraphy: str | None
+
+    @classmethod
+    def current(cls) -> "CudaStack":
+        import torch
+
+        try:
+            import tensorrt
+
+            trt_version: str | None = str(tensorrt.__version__)
+        except Exception:  # noqa: BLE001 - missing, or bindings without their libraries
+            trt_version = None
+        try:
+            polygraphy: str | None = importlib.metadata.version("polygraphy")
+        except importlib.metadata.PackageNotFoundError:
+            polygraphy = None
+        names = (dist.metadata["Name"] or "" for dist in importlib.metadata.distributions())
+        driver, driver_cuda = _nvml_driver()
+        return cls(
+            torch.__version__, torch.version.cuda, driver, driver_cuda, trt_version,
+            tuple(sorted(cuda_majors_of_tensorrt(names))), polygraphy,
+        )  # fmt: skip
+
+    def driver_too_old(self) -> str | None:
+        """One line when the driver cannot run torch's CUDA (then CUDA sees no device), else None."""
+        if not (self.torch_cuda and self.driver_cuda):
+            return None
+        if _major(self.driver_cuda) >= _major(self.torch_cuda):
+            return None
+        return (
+            f"an NVIDIA driver for CUDA {_major(self.torch_cuda)} (torch {self.torch} is built for CUDA {self.torch_cuda}; "
+            f"driver {self.driver} runs CUDA up to {self.driver_cuda}): update the driver (CUDA 13 needs 580 or newer), "
+            "or use a CUDA-12 torch with the tensorrt-cu12 extra (README, TensorRT)"
+        )
+
+    def mismatch(self) -> str | None:
+        """One line naming CUDA majors that do not match (driver vs torch, TensorRT wheels vs torch), else None."""
+        too_old = self.driver_too_old()
+        if too_old:
+            return f"CUDA mismatch: this needs {too_old}"
+        if self.torch_cuda and self.tensorrt_cuda and self.tensorrt_cuda != (_major(self.torch_cuda),):
+            wheels = ", ".join(f"tensorrt-cu{m}" for m in self.tensorrt_cuda)
+            return (
+                f"CUDA mismatch: torch {self.torch} is built for CUDA {self.torch_cuda} but the TensorRT wheels are {wheels}; "
+                f"install the tensorrt-cu{_major(self.torch_cuda)} package (pip install 'resnet-deploy[tensorrt]' for CUDA 13, "
+                "'resnet-deploy[tensorrt-cu12]' with a CUDA-12 torch)"
+            )
         return None
+
+    def describe(self) -> str:
+        wheels = ", ".join(f"cu{m}" for m in self.tensorrt_cuda) or "no TensorRT wheels"
+        return (
+            f"torch {self.torch} (CUDA {self.torch_cuda or 'none: CPU build'}), NVIDIA driver {self.driver or 'not found'} "
+            f"(CUDA up to {self.driver_cuda or '?'}), TensorRT {self.tensorrt or 'not importable'} ({wheels}), "
+            f"polygraphy {self.polygraphy or 'not installed'}"
+        )
+
+
+def _major(version: str) -> int:
+    return version_tuple(version)[0]
 
 
 def _capability(text: str) -> tuple[int, int]:
@@ -206,13 +296,18 @@ class BatchProfile:
 
 @dataclass(frozen=True)
 class EngineBuildChain:
-    """The polygraphy loaders of one engine build; calling `save` builds the engine and writes it."""
+    """The polygraphy loaders of one engine build; calling `save` builds the serialized engine and writes it.
+
+    The engine is built as bytes (`EngineBytesFromNetwork`) and written as they are (`SaveBytes`), never
+    deserialized and serialized again: since TensorRT 8.6 a version-compatible engine cannot be re-serialized
+    after deserialization (polygraphy's TrtSaveEngineBytesArgs), and the build needs no runtime at all.
+    """
 
     network: Any  # NetworkFromOnnxPath(strongly_typed=True)
     config: Any  # CreateConfig: profile, TF32, timing cache, optimization level, version compatibility
     builder_config: Any  # PostprocessConfig over `config`: workspace limit and hardware compatibility
-    engine: Any  # EngineFromNetwork: builds, saves the timing cache, deserializes
-    save: Any  # SaveEngine
+    engine_bytes: Any  # EngineBytesFromNetwork: builds the serialized engine, saves the timing cache
+    save: Any  # SaveBytes (polygraphy.backend.common): writes the serialized engine to the file
 
 
 def engine_build_chain(
@@ -224,14 +319,8 @@ def engine_build_chain(
     profile: BatchProfile,
 ) -> EngineBuildChain:
     """polygraphy's loaders for a strongly typed build of `onnx_path` into `engine_path`; nothing runs yet."""
-    from polygraphy.backend.trt import (
-        CreateConfig,
-        EngineFromNetwork,
-        NetworkFromOnnxPath,
-        PostprocessConfig,
-        Profile,
-        SaveEngine,
-    )
+    from polygraphy.backend.common import SaveBytes
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile
 
     low, opt, high = profile.shapes(chw)
     cache = None if options.timing_cache is None else str(options.timing_cache)
@@ -248,8 +337,8 @@ def engine_build_chain(
     # which would import TensorRT right here; set them when the config is made instead, so this chain
     # can be constructed (and checked) on machines without TensorRT.
     builder_config = PostprocessConfig(config, func=functools.partial(_set_enum_options, options))
-    engine = EngineFromNetwork(network, config=builder_config, save_timing_cache=cache)
-    return EngineBuildChain(network, config, builder_config, engine, SaveEngine(engine, path=str(engine_path)))
+    engine_bytes = EngineBytesFromNetwork(network, config=builder_config, save_timing_cache=cache)
+    return EngineBuildChain(network, config, builder_config, engine_bytes, SaveBytes(engine_bytes, path=str(engine_path)))
 
 
 def _set_enum_options(options: TensorRTOptions, builder: Any, network: Any, config: Any) -> None:
@@ -278,10 +367,25 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
+def run_build_chain(chain: EngineBuildChain, source_name: str) -> None:
+    """Build and write the engine of `chain`; any failure of polygraphy or TensorRT becomes one CheckFailed line.
+
+    polygraphy reports its own errors as PolygraphyException, TensorRT's bindings raise RuntimeError or
+    TypeError, writing can raise OSError: none of them reaches the user as a traceback. The tool's own
+    errors (a MissingDependency from the builder config) pass through as they are.
+    """
+    try:
+        with quiet_polygraphy():
+            chain.save()
+    except ResnetDeployError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above: every other failure is the build's
+        raise CheckFailed(f"TensorRT could not build an engine from {source_name}: {_first_line(exc)}") from None
+
+
 def build_engine(model: OnnxArtifact, path: Path, options: TensorRTOptions, profile: BatchProfile) -> EngineArtifact:
     """Build a strongly typed engine from `model` into `path` (atomically), with its manifest beside it."""
     import polygraphy
-    from polygraphy.exception import PolygraphyException
 
     require_tensorrt()
     here = TrtEnvironment.current()
@@ -289,12 +393,7 @@ def build_engine(model: OnnxArtifact, path: Path, options: TensorRTOptions, prof
     chw = tuple(int(d) for d in model.preprocess["input_size"])
     started = time.perf_counter()
     with atomic_path(path) as tmp:
-        chain = engine_build_chain(model.path, tmp, model.input_name, chw, options, profile)
-        try:
-            with quiet_polygraphy():
-                chain.save()
-        except PolygraphyException as exc:
-            raise CheckFailed(f"TensorRT could not build an engine from {model.path.name}: {_first_line(exc)}") from None
+        run_build_chain(engine_build_chain(model.path, tmp, model.input_name, chw, options, profile), model.path.name)
         digest = sha256_file(tmp)
     artifact = EngineArtifact(
         path=path,
@@ -322,9 +421,10 @@ def build_engine(model: OnnxArtifact, path: Path, options: TensorRTOptions, prof
 
 
 @dataclass
-class _Buffers:
-    """Everything one batch size needs, allocated once: pinned host and device input/output, a CUDA graph."""
+class _Slot:
+    """One batch size on one execution context, allocated once: pinned host and device input/output (and a CUDA graph)."""
 
+    context: Any
     host_in: Any
     device_in: Any
     device_out: Any
@@ -337,7 +437,11 @@ class TensorRTRunner(Runner):
 
     `device_ms()` is the GPU compute time of the last call (CUDA events around the engine's execution);
     the benchmark's own timing of `infer` is the end-to-end time with both host copies. With
-    `cuda_graph`, batch 1 is captured once into a CUDA graph and replayed.
+    `cuda_graph`, batch 1 runs on an execution context of its own, bound once to batch 1 and its buffers,
+    captured once into a CUDA graph (thread-local capture mode, as trtexec captures) and replayed: a
+    captured graph fixes the shapes, the tensor addresses and the context's state, so the context that
+    serves the other batch sizes (and is rebound between them) is never the graph's. A capture that fails
+    leaves batch 1 running plainly on its own context (`describe()["cuda_graph"]` says why).
 
     polygraphy's TrtRunner is not used for this timed path: it synchronizes inside every call and
     allocates outputs through an allocator, so its work can neither be captured in a CUDA graph nor
@@ -372,7 +476,7 @@ class TensorRTRunner(Runner):
 
         self._runtime = trt.Runtime(trt_util.get_trt_logger())
         try:
-            with quiet_polygraphy():
+            with quiet_polygraphy():  # EngineFromBytes also allows the host code of version-compatible engines
                 engine = EngineFromBytes(self.engine_path.read_bytes(), runtime=self._runtime)()
         except PolygraphyException as exc:
             raise CheckFailed(f"TensorRT could not load {self.engine_path.name}: {_first_line(exc)}") from None
@@ -380,25 +484,31 @@ class TensorRTRunner(Runner):
         a = self.artifact
         if not {a.input_name, a.output_name} <= names:
             raise CheckFailed(f"{self.engine_path.name} has tensors {sorted(names)}, not {a.input_name}/{a.output_name}")
-        context = engine.create_execution_context()
-        if context is None:
-            raise CheckFailed(f"TensorRT could not create an execution context for {self.engine_path.name} (GPU memory?)")
-        self._engine, self._context = engine, context
+        self._engine = engine
+        self._context = self._new_context()
         self._in_dtype = _torch_dtype(engine.get_tensor_dtype(a.input_name))
         self._out_dtype = _torch_dtype(engine.get_tensor_dtype(a.output_name))
         self._stream = torch.cuda.Stream()
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
-        self._buffers: dict[int, _Buffers] = {}
-        self._bound: int | None = None
+        self._slots: dict[int, _Slot] = {}  # on self._context, rebound when the batch size changes
+        self._bound: int | None = None  # the batch size self._context is bound to
+        self._graph_slot: _Slot | None = None  # batch 1 on its own context, with --cuda-graph
+
+    def _new_context(self) -> Any:
+        context = self._engine.create_execution_context()
+        if context is None:
+            raise CheckFailed(f"TensorRT could not create an execution context for {self.engine_path.name} (GPU memory?)")
+        return context
 
     def _deactivate(self) -> None:
         stream = getattr(self, "_stream", None)
         if stream is not None:
             stream.synchronize()
-        for name in ("_buffers", "_context", "_engine", "_runtime", "_stream", "_start", "_end"):
+        names = ("_graph_slot", "_slots", "_context", "_engine", "_runtime", "_stream", "_start", "_end")
+        for name in names:  # graphs and buffers before their contexts, the contexts before the engine
             if hasattr(self, name):
-                delattr(self, name)  # graphs and buffers before the context, the context before the engine
+                delattr(self, name)
 
     # -- inference
 
@@ -417,74 +527,89 @@ class TensorRTRunner(Runner):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        buffers = self._buffers_for(len(batch))
-        buffers.host_in.copy_(torch.from_numpy(batch))  # into pinned memory (casting if the engine's input is not FP32)
+        slot = self._slot_for(len(batch))
+        slot.host_in.copy_(torch.from_numpy(batch))  # into pinned memory (casting if the engine's input is not FP32)
         with torch.cuda.stream(self._stream):
-            buffers.device_in.copy_(buffers.host_in, non_blocking=True)
+            slot.device_in.copy_(slot.host_in, non_blocking=True)
             self._start.record(self._stream)
-            if buffers.graph is not None:
-                buffers.graph.replay()
+            if slot.graph is not None:
+                slot.graph.replay()
             else:
-                self._execute()
+                self._execute(slot.context)
             self._end.record(self._stream)
-            buffers.host_out.copy_(buffers.device_out, non_blocking=True)
+            slot.host_out.copy_(slot.device_out, non_blocking=True)
         self._stream.synchronize()
         self._device_ms = self._start.elapsed_time(self._end)
-        return buffers.host_out.float().numpy().copy()
+        return slot.host_out.float().numpy().copy()
 
-    def _execute(self) -> None:
-        if not self._context.execute_async_v3(self._stream.cuda_stream):
+    def _execute(self, context: Any) -> None:
+        if not context.execute_async_v3(self._stream.cuda_stream):
             raise CheckFailed(f"TensorRT failed to run {self.engine_path.name} (execute_async_v3 returned False)")
 
-    def _buffers_for(self, n: int) -> _Buffers:
-        buffers = self._buffers.get(n)
-        if buffers is None:
-            buffers = self._buffers[n] = self._allocate(n)
+    def _slot_for(self, n: int) -> _Slot:
+        if n == 1 and self.cuda_graph:
+            if self._graph_slot is None:
+                self._graph_slot = self._graph_batch_1()
+            return self._graph_slot
+        slot = self._slots.get(n)
+        if slot is None:
+            slot = self._slots[n] = self._allocate(self._context, n)
         elif self._bound != n:
-            self._bind(n, buffers)
-        return buffers
+            self._bind(slot, n)
+        self._bound = n
+        return slot
 
-    def _allocate(self, n: int) -> _Buffers:
+    def _allocate(self, context: Any, n: int) -> _Slot:
         import torch
 
         a = self.artifact
         shape = (n, *self.chw)
-        if not self._context.set_input_shape(a.input_name, shape):
+        if not context.set_input_shape(a.input_name, shape):
             raise CheckFailed(f"{self.engine_path.name} refused input shape {shape} (profile {a.profile})")
-        out_shape = tuple(self._context.get_tensor_shape(a.output_name))
-        buffers = _Buffers(
+        out_shape = tuple(context.get_tensor_shape(a.output_name))
+        slot = _Slot(
+            context=context,
             host_in=torch.empty(shape, dtype=self._in_dtype, pin_memory=True),
             device_in=torch.empty(shape, dtype=self._in_dtype, device="cuda"),
             device_out=torch.empty(out_shape, dtype=self._out_dtype, device="cuda"),
             host_out=torch.empty(out_shape, dtype=self._out_dtype, pin_memory=True),
         )
-        self._bind(n, buffers)
-        if self.cuda_graph and n == 1:
-            buffers.graph = self._capture()
-        return buffers
+        self._bind(slot, n)
+        return slot
 
-    def _bind(self, n: int, buffers: _Buffers) -> None:
+    def _bind(self, slot: _Slot, n: int) -> None:
         a = self.artifact
-        ok = self._context.set_input_shape(a.input_name, (n, *self.chw))
-        ok = ok and self._context.set_tensor_address(a.input_name, buffers.device_in.data_ptr())
-        ok = ok and self._context.set_tensor_address(a.output_name, buffers.device_out.data_ptr())
+        ok = slot.context.set_input_shape(a.input_name, (n, *self.chw))
+        ok = ok and slot.context.set_tensor_address(a.input_name, slot.device_in.data_ptr())
+        ok = ok and slot.context.set_tensor_address(a.output_name, slot.device_out.data_ptr())
         if not ok:
             raise CheckFailed(f"TensorRT refused the buffers for batch {n} of {self.engine_path.name}")
-        self._bound = n
 
-    def _capture(self) -> Any:
-        """The engine's execution at the bound shape as a CUDA graph, or None (reason in `graph_error`)."""
+    def _graph_batch_1(self) -> _Slot:
+        """Batch 1 on a context of its own, bound once, run once plainly, then captured (or left plain)."""
+        slot = self._allocate(self._new_context(), 1)
+        self._run_plain(slot)  # TensorRT finishes its shape-dependent setup outside the capture
+        slot.graph = self._capture(slot)
+        return slot
+
+    def _run_plain(self, slot: _Slot) -> None:
         import torch
 
         with torch.cuda.stream(self._stream):
-            self._execute()  # one plain run first: TensorRT finishes shape-dependent setup outside the capture
+            self._execute(slot.context)
         self._stream.synchronize()
+
+    def _capture(self, slot: _Slot) -> Any:
+        """The slot's execution as a CUDA graph, or None (the reason in `graph_error`)."""
+        import torch
+
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, stream=self._stream):
-                self._execute()
-        except RuntimeError as exc:
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+                self._execute(slot.context)
+        except (RuntimeError, CheckFailed) as exc:  # CUDA refused the capture, or TensorRT's enqueue failed in it
             self.graph_error = _first_line(exc)
+            self._run_plain(slot)  # as after any failed capture: the context must still run plainly, or fail here
             return None
         return graph
 
@@ -510,6 +635,48 @@ class TensorRTRunner(Runner):
             "cuda_graph": graph,
             "warnings": list(self.warnings),
         }
+
+
+# What a layer's tensors compute in, from the engine inspector's JSON: TensorRT 10 writes one "Format/Datatype"
+# text per tensor ("Channel major FP16 format where ..."), TensorRT 11 a "Datatype" of its own. The first
+# name found in the text wins, so the longer names come before the names they contain.
+_DATATYPE_NAMES = (
+    ("BFLOAT16", "bf16"), ("FLOAT8", "fp8"), ("FP8", "fp8"), ("HALF", "fp16"), ("FP16", "fp16"),
+    ("UINT8", "uint8"), ("INT8", "int8"), ("FLOAT", "fp32"), ("FP32", "fp32"), ("INT32", "int32"), ("INT64", "int64"),
+)  # fmt: skip
+
+
+def tensor_datatype(tensor: dict[str, Any]) -> str | None:
+    """The data type of one tensor of the engine inspector's layer JSON (TensorRT 10 or 11 layout), or None."""
+    text = str(tensor.get("Datatype") or tensor.get("Format/Datatype") or "").upper()
+    return next((name for key, name in _DATATYPE_NAMES if key in text), None)
+
+
+def count_layer_datatypes(layers: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many layers write each data type (their first output's), e.g. {"int8": 21, "fp32": 3}."""
+    counts: Counter[str] = Counter()
+    for layer in layers:
+        outputs = layer.get("Outputs") or []
+        datatype = tensor_datatype(outputs[0]) if outputs else None
+        counts[datatype or "other"] += 1
+    return dict(counts)
+
+
+def engine_layer_datatypes(engine_path: Path) -> dict[str, int]:
+    """The data types the layers of a built engine write, read with TensorRT's engine inspector (needs a GPU).
+
+    polygraphy's CreateConfig builds with ProfilingVerbosity.DETAILED, so the inspector sees each layer's tensors.
+    """
+    import json
+
+    import tensorrt as trt
+    from polygraphy.backend.trt import EngineFromBytes
+
+    with quiet_polygraphy():
+        engine = EngineFromBytes(Path(engine_path).read_bytes())()
+    inspector = engine.create_engine_inspector()
+    layers = (json.loads(inspector.get_layer_information(i, trt.LayerInformationFormat.JSON)) for i in range(engine.num_layers))
+    return count_layer_datatypes(layers)
 
 
 def _torch_dtype(trt_dtype: Any) -> Any:

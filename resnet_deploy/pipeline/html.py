@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from .report import precision_label
+
 STYLE: dict[str, Any] = {
     "font.size": 9,
     "axes.titlesize": 10,
@@ -319,7 +321,7 @@ def _accuracy_section(report: dict[str, Any]) -> str:
         exact = engine.get("reference_accuracy")
         agree = _pct(acc.get("top1_agreement"))
         rows.append([
-            _esc(engine["name"]), _esc(engine.get("precision", "")), _esc(acc.get("samples", "")),
+            _esc(engine["name"]), _esc(precision_label(engine)), _esc(acc.get("samples", "")),
             f'<span class="fail">{agree} (kernel loss)</span>' if engine.get("kernel_loss") else agree,
             _pct(exact.get("top1_agreement")) if exact else "", _pct(acc.get("top5_agreement")),
             _num(acc.get("max_abs_diff"), ".3g"),

@@ -18,7 +18,7 @@ from ..artifacts import OnnxArtifact
 from ..config import BuildConfig, Engine, Target
 from ..engines.base import Runner
 from ..engines.openvino import OpenVINORunner, require_bf16
-from ..engines.ort import OrtRunner, ort_backend_label
+from ..engines.ort import OrtRunner, OrtTensorrtOptions, ort_backend_label
 from ..engines.trt import BatchProfile, TensorRTRunner, build_engine, engine_file_name, missing_message, missing_requirements
 from ..errors import MissingDependency, UserError
 from ..progress import Progress
@@ -69,7 +69,15 @@ class EngineSpec:
             target=self.artifact.target,
             providers=config.providers,
             threads=config.threads,
+            tensorrt=ort_tensorrt_options(config.benchmark.batch_sizes, config.batch_size, config.tensorrt.opt_batch_size),
         )
+
+
+def ort_tensorrt_options(batch_sizes: Sequence[int], largest: int = 1, opt: int | None = None) -> OrtTensorrtOptions:
+    """ONNX Runtime's TensorRT provider profile: opt as for TensorRT's own engines (from the benchmarked sizes),
+    min 1 and max the largest batch it will see (`largest`: validation's batch size; its last batch may be short)."""
+    profile = BatchProfile.from_batch_sizes(tuple(batch_sizes), opt)
+    return OrtTensorrtOptions(profile=(1, profile.opt, max(profile.max, largest)))
 
 
 def plan_engines(

@@ -82,6 +82,17 @@ class EngineResult:
         }
 
 
+def int8_compute(engine: dict[str, Any]) -> str | None:
+    """How an INT8 row computes when that is not real INT8 (ONNX Runtime's CUDA provider), from its runner details."""
+    details = engine.get("details") or {}
+    return (details.get("runtime") or details).get("int8_compute")
+
+
+def precision_label(engine: dict[str, Any]) -> str:
+    """The row's precision, marked when its INT8 is simulated (DequantizeLinear + FP32 convolutions)."""
+    return f"{engine['precision']} (simulated: DequantizeLinear + FP32 convs)" if int8_compute(engine) else engine["precision"]
+
+
 def target_failure(name: str, path: str | None, quantization: dict[str, Any] | None) -> str | None:
     """Why an engine of a mixed-precision INT8 model fails its accuracy target (None when it does not)."""
     search = (quantization or {}).get("mixed_precision")
@@ -497,7 +508,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             continue
         drop = acc.get("top1_drop_points")
         lines.append(
-            f"| {engine['name']} | {engine['precision']} | {engine['target'] or ''} | {_pct(acc['top1_agreement'])} | "
+            f"| {engine['name']} | {precision_label(engine)} | {engine['target'] or ''} | {_pct(acc['top1_agreement'])} | "
             f"{_pct(exact['top1_agreement']) if exact else ''} | "
             f"{_pct(acc['top5_agreement'])} | {_num(acc['max_abs_diff'])} | {_num(acc['cosine_min'], '.6f')} | "
             f"{_pct(acc.get('top1'))} | {_num(drop, '+.2f')} |"
