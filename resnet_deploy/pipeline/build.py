@@ -164,9 +164,8 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         names = model.class_names  # folders named after them are labelled by name
         val = open_dataset(config.val_data, model.preprocess, option="--val-data", class_names=names)
         calib = None
-        if config.calib_data:
+        if config.calib_data:  # its labels are used only by an accuracy target's selection images
             calib = open_dataset(config.calib_data, model.preprocess, option="--calib-data", class_names=names)
-            check_labels(calib, model.num_classes, "--calib-data")
         check_labels(val, model.num_classes, "--val-data")
         model = model.name_classes_after(val, "--val-data")
         check_images = first_images(calib or val, CHECK_IMAGES)
