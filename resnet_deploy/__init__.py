@@ -7,8 +7,8 @@ Python API (the CLI is a thin layer over it):
     report.return_code  # 0 when every engine passed its checks
 """
 
-from .config import BenchmarkOptions, BuildConfig, Precision, Target
-from .data import Preprocess, open_dataset
+from .config import BenchmarkOptions, BuildConfig, ModelOptions, Precision, Target
+from .data import Preprocess, PreprocessOverrides, open_dataset
 from .errors import CheckFailed, ResnetDeployError, UserError
 from .models import load_model
 from .pipeline.build import build
@@ -17,8 +17,10 @@ __all__ = [
     "BenchmarkOptions",
     "BuildConfig",
     "CheckFailed",
+    "ModelOptions",
     "Precision",
     "Preprocess",
+    "PreprocessOverrides",
     "ResnetDeployError",
     "Target",
     "UserError",

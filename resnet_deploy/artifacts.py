@@ -174,6 +174,8 @@ class FoldedModelArtifact(_Described):
     preprocess: dict[str, Any]
     weights_sha256: str
     fold: dict[str, Any]
+    class_names: list[str] | None = None
+    origin: dict[str, Any] = dataclasses.field(default_factory=dict)  # checkpoint used, preprocessing/class names source
 
     KIND = "folded-model"
 
@@ -181,7 +183,10 @@ class FoldedModelArtifact(_Described):
         from .data import Preprocess
         from .models import ModelInfo
 
-        return ModelInfo(self.arch, self.num_classes, Preprocess.from_dict(self.preprocess), self.weights_sha256)
+        names = None if self.class_names is None else tuple(self.class_names)
+        return ModelInfo(
+            self.arch, self.num_classes, Preprocess.from_dict(self.preprocess), self.weights_sha256, names, self.origin
+        )
 
     @classmethod
     def read(cls, path: Path) -> "FoldedModelArtifact":
@@ -203,6 +208,8 @@ class OnnxArtifact(_Described):
     opset: int
     source_sha256: str  # the weights (FP32) or the FP32 ONNX it was derived from
     details: dict[str, Any]
+    class_names: list[str] | None = None
+    origin: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     KIND = "onnx-model"
 
@@ -240,15 +247,29 @@ def _read_artifact(cls, path: Path, fields: Callable[[dict[str, Any]], dict[str,
             arch=meta["arch"],
             num_classes=int(meta["num_classes"]),
             preprocess=meta["preprocess"],
+            class_names=meta.get("class_names"),
+            origin=meta.get("origin", {}),
             **fields(meta),
         )
         if not isinstance(artifact.arch, str):
             raise TypeError(f"arch {artifact.arch!r}")
         Preprocess.from_dict(artifact.preprocess)
+        check_model_fields(artifact.num_classes, artifact.class_names, artifact.origin)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{sidecar_path(path)} has a missing or invalid field ({exc!r}); rerun the {cls.KIND} stage") from None
     check_range("num_classes", artifact.num_classes, f"{sidecar_path(path)}: num_classes")
     return artifact
+
+
+def check_model_fields(num_classes: int, class_names: Any, origin: Any) -> None:
+    """A sidecar's class names (one string per class, or null) and origin (an object); TypeError/ValueError if not."""
+    if class_names is not None:
+        if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+            raise TypeError("class_names must be a list of strings")
+        if len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+    if not isinstance(origin, dict):
+        raise TypeError("origin must be an object")
 
 
 # --------------------------------------------------------------------------------------- user ONNX
@@ -362,16 +383,23 @@ class EngineArtifact(_Described):
     source_onnx_sha256: str
     build_seconds: float
     built_at: str  # UTC, ISO 8601
+    class_names: list[str] | None = None
+    origin: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     KIND = "tensorrt-engine"
 
     @classmethod
     def read(cls, path: Path) -> "EngineArtifact":
         meta = read_sidecar(path, cls.KIND)
+        optional = {"class_names": None, "origin": {}}  # manifests written before class names travelled
         try:
-            fields = {f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name != "path"}
+            fields = {f.name: meta.get(f.name, optional[f.name]) if f.name in optional else meta[f.name]
+                      for f in dataclasses.fields(cls) if f.name != "path"}  # fmt: skip
+            check_model_fields(int(meta["num_classes"]), fields["class_names"], fields["origin"])
         except KeyError as exc:
             raise UserError(f"{sidecar_path(path)} lacks {exc}; rebuild the engine with this resnet-deploy") from None
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{sidecar_path(path)} has an invalid field ({exc}); rebuild the engine") from None
         return cls(path=Path(path), **fields)
 
 

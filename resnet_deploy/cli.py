@@ -16,6 +16,11 @@ import click
 
 from .errors import ResnetDeployError, UserError
 
+WEIGHTS_HELP = (
+    "Weights: a state_dict or training checkpoint (.pth/.pt/.ckpt/.pth.tar/.safetensors: Lightning, timm train.py, "
+    "torchvision references) or a hub folder (config.json + model.safetensors)."
+)
+
 EPILOG_BUILD = """\b
 Example:
   resnet-deploy build --arch resnet18 --weights weights.pth --input-size 3x32x32 \\
@@ -201,6 +206,30 @@ def _engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--ema, the preprocessing the model was trained with, --labels: shared by build, fold, validate and bench."""
+    return _with_options(fn, [
+        click.option("--ema", is_flag=True, help="Use the EMA weights of a training checkpoint (state_dict_ema, model_ema)."),
+        click.option("--mean", help="Normalization mean the model was trained with: 1 or 3 values (default: the arch's)."),
+        click.option("--std", help="Normalization std the model was trained with: 1 or 3 values (default: the arch's)."),
+        click.option("--crop-pct", type=float, help="Share of the resized image kept by the crop, 0.1..1 (default: the arch's)."),
+        click.option("--crop-mode", help="center, squash (resize to the input size) or border (default: the arch's)."),
+        click.option("--interpolation", help="bilinear, bicubic, nearest, box, hamming or lanczos (default: the arch's)."),
+        click.option("--labels", type=click.Path(path_type=Path), help="Class names, one per line, in classifier order."),
+    ])  # fmt: skip
+
+
+def _model_settings(options: dict[str, Any]):
+    """ModelOptions from the --ema/--mean/--std/--crop-pct/--crop-mode/--interpolation/--labels values."""
+    from .config import ModelOptions, preprocess_overrides
+
+    preprocess = preprocess_overrides(
+        options.get("mean"), options.get("std"), options.get("crop_pct"), options.get("crop_mode"), options.get("interpolation")
+    )
+    labels = Path(options["labels"]) if options.get("labels") else None
+    return ModelOptions(ema=bool(options.get("ema")), preprocess=preprocess, labels=labels)
+
+
 def _openvino_options(options: dict[str, Any]):
     from .config import OpenVINOOptions, PerformanceHint, ShapeMode, parse_choice
 
@@ -215,13 +244,14 @@ def _openvino_options(options: dict[str, Any]):
 
 @cli.command(epilog=EPILOG_BUILD)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file of these options (flags override).")
-@click.option("--arch", help="ResNet-family architecture (timm or torchvision name, e.g. resnet50).")
-@click.option("--weights", type=click.Path(path_type=Path), help="state_dict: .pth/.pt or .safetensors.")
+@click.option("--arch", help="ResNet-family architecture (timm or torchvision name, e.g. resnet50; a hub folder names its own).")
+@click.option("--weights", type=click.Path(path_type=Path), help=WEIGHTS_HELP)
 @click.option("--val-data", type=click.Path(path_type=Path), help="Validation images (ImageFolder or flat) or .npz.")
 @click.option("--calib-data", type=click.Path(path_type=Path), help="Calibration images or .npz (INT8; also used for checks).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--num-classes", type=int, help="Classifier outputs (default: from the weights).")
 @click.option("--input-size", help="CxHxW, e.g. 3x224x224 (default: the arch's).")
+@_model_options
 @click.option("--precision", default="fp32", show_default=True, help="Comma-separated: fp32, fp16, int8.")
 @click.option(
     "--target",
@@ -302,12 +332,14 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
                 raise UserError(f"config file {config_file}: key {key!r} has no `build` option yet; remove it")
             if ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
                 options[key] = Path(value) if key in PATH_KEYS else value
-    missing = [f"--{k.replace('_', '-')}" for k in ("arch", "weights", "val_data", "out") if not options.get(k)]
+    hub = options.get("weights") is not None and Path(options["weights"]).is_dir()  # config.json names the arch
+    required = ("weights", "val_data", "out") if hub else ("arch", "weights", "val_data", "out")
+    missing = [f"--{k.replace('_', '-')}" for k in required if not options.get(k)]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (give them as options or in --config)")
     _check_limits(options)
     return BuildConfig(
-        arch=options["arch"],
+        arch=options.get("arch") or None,
         weights=Path(options["weights"]),
         val_data=Path(options["val_data"]),
         out=Path(options["out"]),
@@ -345,6 +377,7 @@ def _build_config(ctx: click.Context, config_file: Path | None, options: dict[st
         accuracy_target=_accuracy_target(options),
         selection=_selection(options),
         cpu=parse_cpu(options["cpu"]),
+        model_options=_model_settings(options),
     )
 
 
@@ -492,6 +525,30 @@ def _check_images(data: Path | None, preprocess, count: int = 32):
     return rng.standard_normal((count, *preprocess.input_size), dtype=np.float32)
 
 
+def _load_reference(arch: str | None, weights: Path, num_classes: int | None, input_size: str | None, options):
+    """The user's model: load_model with the model options (--ema, --mean, ..., --labels)."""
+    from .config import parse_input_size
+    from .models import load_model
+
+    size = parse_input_size(input_size) if input_size else None
+    return load_model(arch, weights, num_classes, size, _model_settings(options))
+
+
+def _log_model(progress, model) -> None:
+    """What was loaded (the weights used, the effective preprocessing, the class names), once, after the input checks."""
+    for line in model.describe():
+        progress.log(line)
+
+
+def _open_labelled(path: Path, model, option: str):
+    """A data set preprocessed for `model`, labelled by its class names, its labels checked against its classes."""
+    from .data import check_labels, open_dataset
+
+    dataset = open_dataset(path, model.preprocess, option=option, class_names=model.class_names)
+    check_labels(dataset, model.num_classes, option)
+    return dataset
+
+
 def _refuse_existing(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise UserError(f"--out {path} already exists; pass --force to replace it, or choose another path")
@@ -500,25 +557,39 @@ def _refuse_existing(path: Path, force: bool) -> None:
 @cli.command(
     epilog="\b\nExample:\n  resnet-deploy fold --arch resnet50 --weights w.pth --data val/ --out model.folded.safetensors"
 )
-@click.option("--arch", required=True, help="ResNet-family architecture.")
-@click.option("--weights", required=True, type=click.Path(path_type=Path), help="state_dict: .pth/.pt or .safetensors.")
+@click.option("--arch", help="ResNet-family architecture (a hub folder names its own).")
+@click.option("--weights", required=True, type=click.Path(path_type=Path), help=WEIGHTS_HELP)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folded model (.safetensors + .json sidecar).")
 @click.option("--data", type=click.Path(path_type=Path), help="Images or .npz to verify the folding on.")
 @click.option("--num-classes", type=int, help="Classifier outputs (default: from the weights).")
 @click.option("--input-size", help="CxHxW (default: the arch's).")
+@_model_options
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @_common
 def fold(
-    progress, arch: str, weights: Path, out: Path, data: Path | None, num_classes: int | None, input_size: str | None, force: bool
+    progress,
+    arch: str | None,
+    weights: Path,
+    out: Path,
+    data: Path | None,
+    num_classes: int | None,
+    input_size: str | None,
+    force: bool,
+    **options: Any,
 ) -> int:
     """Fold every Conv->BatchNorm pair and verify the folded model against the original."""
-    from .config import parse_input_size
-    from .models import load_model
     from .pipeline.fold import fold_and_verify, save_folded
 
     _refuse_existing(out, force)
-    model = load_model(arch, weights, num_classes, parse_input_size(input_size) if input_size else None)
-    images = _check_images(data, model.preprocess)
+    model = _load_reference(arch, weights, num_classes, input_size, options)
+    if data is not None:
+        from .data import first_images
+
+        dataset = _open_labelled(data, model, "--data")
+        model, images = model.name_classes_after(dataset, "--data"), first_images(dataset, 32)
+    else:
+        images = _check_images(None, model.preprocess)
+    _log_model(progress, model)
     gm, result = fold_and_verify(model, images)
     save_folded(gm, model, result, out)
     click.echo(
@@ -622,12 +693,12 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
         raise UserError(f"--onnx {onnx_path} is a {fp32.precision} model; give the FP32 ONNX written by export or build")
     calibration_options = _calibration_options({**options, "calib_cache": options["calib_cache"] or out.parent / CALIB_NAME})
     fixed = excluded_nodes(load_onnx(fp32.path), calibration_options.exclude_layers)  # fail before calibrating
-    preprocess = Preprocess.from_dict(fp32.preprocess)
-    calib = open_dataset(calib_data, preprocess, option="--calib-data")
-    val = open_dataset(val_data, preprocess, option="--val-data") if val_data is not None else None
+    preprocess, names = Preprocess.from_dict(fp32.preprocess), fp32.class_names  # the sidecar's: as the model was trained
+    calib = open_dataset(calib_data, preprocess, option="--calib-data", class_names=names)
+    val = open_dataset(val_data, preprocess, option="--val-data", class_names=names) if val_data is not None else None
     selection = None
     if accuracy_target is not None:
-        calib, selection = SelectionSet.split(calib, _selection(options), calibration_options.seed, preprocess)
+        calib, selection = SelectionSet.split(calib, _selection(options), calibration_options.seed, preprocess, names)
         selection.check(val, accuracy_target)
         if selection.warning():
             click.echo(f"warning: {selection.warning()}", err=True)
@@ -791,9 +862,9 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
         raise UserError(f"--onnx {onnx_path} is a {fp32.precision} model; give the FP32 ONNX written by export or build")
     calibration_options = _calibration_options({**options, "calib_cache": options["calib_cache"] or out / CALIB_NAME})
     fixed = excluded_nodes(load_onnx(fp32.path), calibration_options.exclude_layers)
-    preprocess = Preprocess.from_dict(fp32.preprocess)
-    calib = open_dataset(calib_data, preprocess, option="--calib-data")
-    pool, selection = SelectionSet.split(calib, _selection(options), calibration_options.seed, preprocess)
+    preprocess, names = Preprocess.from_dict(fp32.preprocess), fp32.class_names
+    calib = open_dataset(calib_data, preprocess, option="--calib-data", class_names=names)
+    pool, selection = SelectionSet.split(calib, _selection(options), calibration_options.seed, preprocess, names)
     if selection.warning():
         click.echo(f"warning: {selection.warning()}", err=True)
     calibration_set = CalibrationSet.draw(pool, calibration_options.size, calibration_options.seed)
@@ -886,6 +957,20 @@ def _runner_path(runner) -> str:
     return str(getattr(runner, "onnx_path", None) or getattr(runner, "engine_path", ""))
 
 
+def _recorded_preprocess(runner):
+    """The preprocessing an ONNX model's sidecar records (the one it was trained with), or None without a sidecar."""
+    from .artifacts import OnnxArtifact, sidecar_path
+    from .data import Preprocess
+
+    path = getattr(runner, "onnx_path", None)
+    if path is None or not sidecar_path(path).is_file():
+        return None
+    try:
+        return Preprocess.from_dict(OnnxArtifact.read(path).preprocess)
+    except UserError:  # a stale or foreign sidecar: timing needs only inputs of the right size
+        return None
+
+
 def _input_shape(runner) -> tuple[int, int, int]:
     from .engines.ort import onnx_input_shape
 
@@ -896,8 +981,8 @@ def _input_shape(runner) -> tuple[int, int, int]:
 @cli.command(
     epilog="\b\nExample:\n  resnet-deploy validate --arch resnet18 --weights w.pth --onnx out/model.fp32.onnx --val-data val/"
 )
-@click.option("--arch", required=True, help="Architecture of the PyTorch reference.")
-@click.option("--weights", required=True, type=click.Path(path_type=Path), help="Reference weights.")
+@click.option("--arch", help="Architecture of the PyTorch reference (a hub folder names its own).")
+@click.option("--weights", required=True, type=click.Path(path_type=Path), help="Reference weights (file or hub folder).")
 @click.option(
     "--onnx",
     "onnx_paths",
@@ -909,6 +994,7 @@ def _input_shape(runner) -> tuple[int, int, int]:
 @click.option("--val-data", required=True, type=click.Path(path_type=Path), help="Validation images or .npz.")
 @click.option("--num-classes", type=int)
 @click.option("--input-size", help="CxHxW (default: the arch's).")
+@_model_options
 @click.option("--providers", default="cpu", show_default=True)
 @click.option("--threads", type=int)
 @_engine_options
@@ -928,27 +1014,26 @@ def validate(
     threads,
     batch_size,
     json_out,
-    **engine_options,
+    **options,
 ) -> int:
     """Accuracy of engines against the PyTorch reference (and labels, when the data has them)."""
     from .artifacts import write_json_atomic
-    from .config import parse_input_size
-    from .data import open_dataset
     from .engines.ort import describe_onnx, exact_runner, onnx_input_shape
     from .engines.pytorch import PyTorchRunner
     from .isa import host_isa
-    from .models import load_model
     from .pipeline.kernels import broken_model, kernel_loss, made_for_cpu
     from .pipeline.validate import validate_all
 
-    model = load_model(arch, weights, num_classes, parse_input_size(input_size) if input_size else None)
+    model = _load_reference(arch, weights, num_classes, input_size, options)
     for path in onnx_paths:
         shape, size = onnx_input_shape(path), tuple(model.preprocess.input_size)
         if shape != size:
             want = "x".join(map(str, shape))
             raise UserError(f"--onnx {path} takes {want} images, not {'x'.join(map(str, size))}; pass --input-size {want}")
-    dataset = open_dataset(val_data, model.preprocess)
-    runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options, (batch_size,))
+    dataset = _open_labelled(val_data, model, "--val-data")
+    model = model.name_classes_after(dataset, "--val-data")
+    runners = _runners(onnx_paths, engine_paths, providers, threads, options, (batch_size,))
+    _log_model(progress, model)
     exact = {  # each reduced-precision file under its exact ONNX semantics: the model's own accuracy
         str(path): exact_runner(path, precision, target, threads)
         for path in onnx_paths
@@ -993,8 +1078,9 @@ def validate(
     "--engine", "engine_paths", multiple=True, type=click.Path(path_type=Path), help="TensorRT engine(s) to time (repeatable)."
 )
 @click.option("--arch", help="Also time the PyTorch reference (needs --weights).")
-@click.option("--weights", type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Path(path_type=Path), help="Weights of the PyTorch reference (file or hub folder).")
 @click.option("--data", type=click.Path(path_type=Path), help="Images or .npz to time on (default: random inputs).")
+@_model_options
 @click.option("--providers", default="cpu", show_default=True)
 @click.option("--threads", type=int)
 @_engine_options
@@ -1016,28 +1102,36 @@ def bench(
     warmup,
     iterations,
     json_out,
-    **engine_options,
+    **model_and_engine_options,
 ) -> int:
     """Latency percentiles and throughput of engines (and the PyTorch reference), each in its own block."""
+    import dataclasses
+
     import numpy as np
 
     from .artifacts import write_json_atomic
     from .config import BenchmarkOptions, parse_int_list
     from .data import Preprocess, first_images, open_dataset
     from .engines.pytorch import PyTorchRunner
-    from .models import load_model
     from .pipeline.benchmark import benchmark_all
 
     options = BenchmarkOptions(parse_int_list(batch_sizes, "--batch-sizes"), warmup, iterations)
-    runners = _runners(onnx_paths, engine_paths, providers, threads, engine_options, options.batch_sizes)
+    runners = _runners(onnx_paths, engine_paths, providers, threads, model_and_engine_options, options.batch_sizes)
     shape = _input_shape(runners[0])
-    if bool(arch) != bool(weights):
-        raise UserError("--arch and --weights go together (they add the PyTorch reference); give both or neither")
-    if arch:
-        model = load_model(arch, weights)
+    if arch and not weights:
+        raise UserError("--arch needs --weights (they add the PyTorch reference); give both or neither")
+    if weights is not None and not arch and not Path(weights).is_dir():
+        raise UserError("--weights needs --arch (they add the PyTorch reference) unless it is a hub folder")
+    preprocess = _recorded_preprocess(runners[0]) if data is not None else None  # the model's own, from its sidecar
+    if weights is not None:
+        model = _load_reference(arch, weights, None, "x".join(map(str, shape)), model_and_engine_options)
+        _log_model(progress, model)
         runners.insert(0, PyTorchRunner(model.module, threads=threads))
+        preprocess = preprocess or model.preprocess
     if data is not None:
-        images = first_images(open_dataset(data, Preprocess(input_size=shape), option="--data"), max(options.batch_sizes))
+        given = _model_settings(model_and_engine_options).preprocess.given()  # --mean, ... override the recorded ones
+        preprocess = dataclasses.replace(preprocess or Preprocess(input_size=shape), **given)
+        images = first_images(open_dataset(data, preprocess, option="--data"), max(options.batch_sizes))
     else:
         images = np.random.default_rng(0).standard_normal((max(options.batch_sizes), *shape), dtype=np.float32)
     latencies = benchmark_all(runners, images, options, progress)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .calibration.methods import CalibrationOptions, check_percentile, check_regex, parse_method
+from .data import CROP_MODES, CROP_PCT_RANGE, INTERPOLATIONS, MEAN_RANGE, STD_RANGE, PreprocessOverrides
 from .errors import UserError
 from .isa import CpuKind, parse_cpu
 
@@ -211,6 +212,76 @@ def parse_input_size(text: str, option: str = "--input-size") -> tuple[int, int,
     return (c, h, w)
 
 
+def parse_channel_values(text: str, option: str, low: float, high: float) -> tuple[float, float, float]:
+    """'0.5' or '0.485,0.456,0.406' -> three floats (one value is used for every channel), each within low..high."""
+    try:
+        values = [float(p) for p in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"{option}: expected 1 or 3 numbers separated by commas, got {text!r}") from None
+    if len(values) not in (1, 3):
+        raise UserError(f"{option}: expected 1 or 3 numbers (one per channel), got {len(values)} in {text!r}")
+    if not all(math.isfinite(v) and low <= v <= high for v in values):
+        raise UserError(f"{option}: each value must be between {low:g} and {high:g}, got {text!r}")
+    return (values[0],) * 3 if len(values) == 1 else (values[0], values[1], values[2])
+
+
+def parse_mean(text: str, option: str = "--mean") -> tuple[float, float, float]:
+    return parse_channel_values(text, option, *MEAN_RANGE)
+
+
+def parse_std(text: str, option: str = "--std") -> tuple[float, float, float]:
+    return parse_channel_values(text, option, *STD_RANGE)
+
+
+def check_crop_pct(value: float, option: str = "--crop-pct") -> float:
+    low, high = CROP_PCT_RANGE
+    if isinstance(value, bool) or not (math.isfinite(value) and low <= value <= high):
+        raise UserError(f"{option} must be between {low:g} and {high:g} (the crop's share of the resized image), got {value}")
+    return float(value)
+
+
+def parse_word(text: str, option: str, valid: tuple[str, ...]) -> str:
+    word = str(text).strip().lower()
+    if word not in valid:
+        raise UserError(f"{option}: unknown value {text!r}; valid values: {', '.join(valid)}")
+    return word
+
+
+def parse_interpolation(text: str, option: str = "--interpolation") -> str:
+    return parse_word(text, option, INTERPOLATIONS)
+
+
+def parse_crop_mode(text: str, option: str = "--crop-mode") -> str:
+    return parse_word(text, option, CROP_MODES)
+
+
+def preprocess_overrides(
+    mean: str | None = None,
+    std: str | None = None,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
+    interpolation: str | None = None,
+) -> PreprocessOverrides:
+    """The preprocessing options (flags or config keys), each checked: None leaves the arch's default."""
+    return PreprocessOverrides(
+        interpolation=None if interpolation is None else parse_interpolation(interpolation),
+        mean=None if mean is None else parse_mean(mean),
+        std=None if std is None else parse_std(std),
+        crop_pct=None if crop_pct is None else check_crop_pct(crop_pct),
+        crop_mode=None if crop_mode is None else parse_crop_mode(crop_mode),
+    )
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to read the user's model beyond --arch and --weights: which weights of a training checkpoint (the EMA
+    copy with `ema`), the preprocessing it was trained with, and its class names (`labels`: one per line)."""
+
+    ema: bool = False
+    preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
+    labels: Path | None = None
+
+
 @dataclass(frozen=True)
 class BenchmarkOptions:
     batch_sizes: tuple[int, ...] = (1, 8)
@@ -360,7 +431,7 @@ class SelectionOptions:
 class BuildConfig:
     """Everything `resnet-deploy build` needs. Paths are resolved by the caller."""
 
-    arch: str
+    arch: str | None  # None: from a hub folder's config.json (--weights DIR)
     weights: Path
     val_data: Path
     out: Path
@@ -385,6 +456,7 @@ class BuildConfig:
     accuracy_target: AccuracyTarget | None = None  # INT8 mixed-precision search (--max-top1-drop, ...)
     selection: SelectionOptions = field(default_factory=SelectionOptions)
     cpu: CpuKind | None = None  # the CPU kind onnxruntime-target INT8 is made for (--cpu; None: this machine's)
+    model_options: ModelOptions = field(default_factory=ModelOptions)  # --ema, --mean/--std/..., --labels
 
     def __post_init__(self) -> None:
         if self.accuracy_target is not None and Precision.INT8 not in self.precisions:
@@ -452,6 +524,13 @@ _TOML_KEYS: dict[str, tuple[type, Any]] = {
     "select_data": (str, None),
     "select_size": (int, None),
     "cpu": (str, lambda text, option: parse_cpu(text, option)),
+    "ema": (bool, None),
+    "mean": (str, lambda text, option: parse_mean(text, option)),
+    "std": (str, lambda text, option: parse_std(text, option)),
+    "crop_pct": ((int, float), lambda value, option: check_crop_pct(value, option)),
+    "crop_mode": (str, lambda text, option: parse_crop_mode(text, option)),
+    "interpolation": (str, lambda text, option: parse_interpolation(text, option)),
+    "labels": (str, None),
 }
 
 # Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
@@ -467,6 +546,7 @@ PATH_KEYS = frozenset(
         "calib_cache",
         "select_data",
         "openvino_cache_dir",
+        "labels",
     }
 )
 

@@ -7,6 +7,7 @@ recorded in `skipped`; a data set with nothing usable is an error.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import stat
@@ -42,6 +43,15 @@ class UnreadableImage(ValueError):
     """A file that cannot be turned into an RGB image; data sets skip it and record the reason."""
 
 
+# What a model's preprocessing may be set to (--interpolation, --crop-mode, --mean, --std, --crop-pct and config.json).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # PIL's resampling filters
+CROP_MODES = ("center", "squash", "border")  # timm's eval crop modes
+MEAN_RANGE = (0.0, 1.0)  # on the 0..1 pixel scale of ToTensor
+STD_RANGE = (1e-3, 10.0)
+CROP_PCT_RANGE = (0.1, 1.0)
+PREPROCESS_FIELDS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes the model's input: the settings travel with the model (as in timm)."""
@@ -54,17 +64,25 @@ class Preprocess:
     crop_mode: str = "center"
 
     def __post_init__(self) -> None:
-        if not 0.1 <= self.crop_pct <= 1.0:
-            raise UserError(f"crop_pct must be within 0.1..1.0, got {self.crop_pct}")
+        low, high = CROP_PCT_RANGE
+        if not low <= self.crop_pct <= high:
+            raise UserError(f"crop_pct must be within {low}..{high}, got {self.crop_pct}")
         c, h, w = self.input_size
         if c != 3 or not (8 <= h <= 4096 and 8 <= w <= 4096):
             raise UserError(f"input size must be 3 channels and 8..4096 pixels per side, got {self.input_size}")
         if len(self.mean) != 3 or len(self.std) != 3 or not all(0 < s < 1e3 for s in self.std):
             raise UserError(f"mean and std must be 3 values each, std positive; got {self.mean}, {self.std}")
-        if self.interpolation not in ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"):
+        if self.interpolation not in INTERPOLATIONS:
             raise UserError(f"interpolation must be one of PIL's resampling filters, got {self.interpolation!r}")
-        if self.crop_mode not in ("center", "squash", "border"):
+        if self.crop_mode not in CROP_MODES:
             raise UserError(f"crop_mode must be center, squash or border, got {self.crop_mode!r}")
+
+    def describe(self) -> str:
+        """One line: '3x224x224, bicubic, crop_pct 0.95 (center), mean 0.485,0.456,0.406, std 0.229,0.224,0.225'."""
+        return (
+            f"{'x'.join(map(str, self.input_size))}, {self.interpolation}, crop_pct {self.crop_pct:g} ({self.crop_mode}), "
+            f"mean {','.join(f'{v:g}' for v in self.mean)}, std {','.join(f'{v:g}' for v in self.std)}"
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
@@ -108,6 +126,21 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
+class PreprocessOverrides:
+    """The preprocessing a model was trained with, where it differs from its architecture's default (--mean, --std,
+    --crop-pct, --crop-mode, --interpolation): each value given replaces the default's. Checked by config.py."""
+
+    interpolation: str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    crop_pct: float | None = None
+    crop_mode: str | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
 class Batch:
     images: np.ndarray  # (N, C, H, W) float32, preprocessed
     labels: np.ndarray | None  # (N,) int64, or None when the data set has no labels
@@ -135,13 +168,18 @@ class Dataset(Protocol):
     def content_digest(self) -> str: ...  # sha256 of what the samples are (names and bytes)
 
 
-def open_dataset(path: Path, preprocess: Preprocess, *, option: str = "--val-data") -> Dataset:
-    """An image folder (class subfolders or flat) or a `.npz` file with `images` and optional `labels`."""
+def open_dataset(
+    path: Path, preprocess: Preprocess, *, option: str = "--val-data", class_names: Sequence[str] | None = None
+) -> Dataset:
+    """An image folder (class subfolders or flat) or a `.npz` file with `images` and optional `labels`.
+
+    With the model's `class_names`, class folders named after them are labelled by name (else in sorted order).
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{option} {path} does not exist; give an image folder or a .npz file")
     if path.is_dir():
-        return ImageFolderDataset.scan(path, preprocess, option=option)
+        return ImageFolderDataset.scan(path, preprocess, option=option, class_names=class_names)
     if path.suffix.lower() == ".npz":
         return NpzDataset.open(path, preprocess.input_size, option=option)
     raise UserError(f"{option} {path} is neither a folder of images nor a .npz file; give one of those")
@@ -225,6 +263,22 @@ def _load_image(path: Path, max_pixels: int):
         return img.convert("RGB")
 
 
+def _folder_labels(folders: tuple[str, ...], class_names: Sequence[str] | None, label: str) -> tuple[list[int], bool]:
+    """The label of each class folder: its class index when every folder is named after a class of the model, else
+    its sorted position (torchvision's ImageFolder). Some folders named after classes and others not is an error."""
+    index = {name: i for i, name in enumerate(class_names or ())}
+    named = [f for f in folders if f in index]
+    if named and len(named) == len(folders):
+        return [index[f] for f in folders], True
+    if named:
+        unknown = [f for f in folders if f not in index]
+        raise UserError(
+            f"{label}: class folders {', '.join(map(repr, unknown[:5]))} are not among the model's class names "
+            f"(while {', '.join(map(repr, named[:3]))} are); name every folder after its class"
+        )
+    return list(range(len(folders))), False
+
+
 class ImageFolderDataset:
     """An ImageFolder layout (class subfolders, sorted like torchvision) or a flat folder (no labels)."""
 
@@ -236,18 +290,22 @@ class ImageFolderDataset:
         labels: Sequence[int] | None,
         classes: tuple[str, ...] | None,
         workers: int = 2,
+        by_name: bool = False,
     ) -> None:
         self.source = Path(source)
         self.preprocess = preprocess
         self.files = tuple(files)
         self.labels = None if labels is None else tuple(labels)
-        self.classes = classes
+        self.classes = classes  # the class folders' names, sorted
         self.has_labels = labels is not None
         self.workers = workers
+        self.by_name = by_name  # labels are the model's class indices of the folder names (else the sorted order)
         self._skipped: dict[str, str] = {}
 
     @classmethod
-    def scan(cls, root: Path, preprocess: Preprocess, *, option: str = "--val-data") -> "ImageFolderDataset":
+    def scan(
+        cls, root: Path, preprocess: Preprocess, *, option: str = "--val-data", class_names: Sequence[str] | None = None
+    ) -> "ImageFolderDataset":
         root = Path(root)
         try:
             entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -257,11 +315,13 @@ class ImageFolderDataset:
         files: list[Path] = []
         labels: list[int] | None = None
         classes: tuple[str, ...] | None = None
+        by_name = False
         if class_dirs:
             classes = tuple(e.name for e in class_dirs)
+            indices, by_name = _folder_labels(classes, class_names, f"{option} {root}")
             labels = []
             seen = {key for key in map(_dir_key, [root, *(e.path for e in class_dirs)]) if key is not None}
-            for index, entry in enumerate(class_dirs):
+            for index, entry in zip(indices, class_dirs):
                 found = _walk_images(Path(entry.path), seen)
                 files.extend(found)
                 labels.extend([index] * len(found))
@@ -273,7 +333,7 @@ class ImageFolderDataset:
                 f"{option} {root} holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...); "
                 "give a folder of images or class subfolders of images"
             )
-        return cls(root, preprocess, files, labels, classes)
+        return cls(root, preprocess, files, labels, classes, by_name=by_name)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -315,7 +375,7 @@ class ImageFolderDataset:
     def select(self, indices: Sequence[int]) -> "ImageFolderDataset":
         files = [self.files[i] for i in indices]
         labels = None if self.labels is None else [self.labels[i] for i in indices]
-        return ImageFolderDataset(self.source, self.preprocess, files, labels, self.classes, self.workers)
+        return ImageFolderDataset(self.source, self.preprocess, files, labels, self.classes, self.workers, self.by_name)
 
     def _decode(self, index: int, transform) -> np.ndarray | None:
         path = self.files[index]
@@ -459,6 +519,10 @@ class NpzDataset:
         rows = ",".join(map(str, self.rows))
         return hashlib.sha256(f"{sha256_file(self.source)}\0{rows}".encode()).hexdigest()
 
+    def row_labels(self) -> np.ndarray | None:
+        """The labels of the selected rows."""
+        return None if self._all_labels is None else self._all_labels[list(self.rows)]
+
     def select(self, indices: Sequence[int]) -> "NpzDataset":
         return NpzDataset(self.source, self._images, self._all_labels, [self.rows[i] for i in indices])
 
@@ -494,6 +558,23 @@ def _skip(f, nbytes: int) -> None:
         if not data:
             return
         nbytes -= len(data)
+
+
+def check_labels(dataset: Dataset, num_classes: int, option: str) -> None:
+    """A labelled data set's labels are classifier outputs of the model (0..num_classes-1)."""
+    if isinstance(dataset, ImageFolderDataset) and dataset.classes and not dataset.by_name:
+        if len(dataset.classes) > num_classes:
+            raise UserError(
+                f"{option} {dataset.source} has {len(dataset.classes)} class folders but the model has {num_classes} "
+                "classes; give data of this model's classes (or name the folders after its --labels)"
+            )
+    if isinstance(dataset, NpzDataset) and dataset.has_labels:
+        labels = dataset.row_labels()
+        if labels is not None and labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise UserError(
+                f"{option} {dataset.source}: 'labels' range {int(labels.min())}..{int(labels.max())} is not within the "
+                f"model's 0..{num_classes - 1}; give labels of this model's classes"
+            )
 
 
 def first_images(dataset: Dataset, count: int) -> np.ndarray:

@@ -1,25 +1,30 @@
-"""Architecture name + weights file -> an `nn.Module` in eval mode, loaded safely.
+"""Architecture name + weights file (or hub folder) -> an `nn.Module` in eval mode, loaded safely.
 
 Weights are read with `torch.load(weights_only=True)` or safetensors: nothing in a user's file is ever
-unpickled. Models come from timm (first) or torchvision; preprocessing comes from timm's data config.
+unpickled. Training checkpoints are unwrapped by checkpoints.py. Models come from timm (first) or torchvision;
+preprocessing comes from timm's data config (or the hub folder's), each setting overridable by the user.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import pickle
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .artifacts import sha256_file
-from .data import Preprocess
+from .artifacts import read_user_text, sha256_file
+from .checkpoints import HubFolder, Unwrapped, check_class_names, read_hub_folder, unwrap
+from .config import ModelOptions
+from .data import PREPROCESS_FIELDS, Dataset, ImageFolderDataset, Preprocess, PreprocessOverrides
 from .errors import UserError
 
 # Name prefixes of the ResNet family (and kin) that resnet-deploy accepts.
@@ -47,12 +52,7 @@ FAMILY_PREFIXES = (
     "tv_resnext",
 )
 
-# Checkpoint keys under which training scripts commonly nest the state_dict, in order of preference.
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema")
-# Prefixes added by DataParallel/DDP (module.) and torch.compile (_orig_mod.).
-STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".safetensors")  # .tar: timm's train.py writes .pth.tar
 
 # Architectures compared against a checkpoint whose keys do not fit, to suggest the likely one.
 SUGGESTION_CANDIDATES = (
@@ -103,7 +103,7 @@ def _known_names() -> tuple[frozenset[str], frozenset[str]]:
     return timm_names, tv_names
 
 
-def resolve_arch(name: str) -> ArchSpec:
+def resolve_arch(name: str, option: str = "--arch") -> ArchSpec:
     """`resnet50` (timm first, then torchvision), or explicitly `timm/NAME` / `torchvision/NAME`."""
     timm_names, tv_names = _known_names()
     raw = name.strip()
@@ -117,8 +117,8 @@ def resolve_arch(name: str) -> ArchSpec:
     close = difflib.get_close_matches(bare, pool, n=5, cutoff=0.6)
     hint = f"close matches: {', '.join(close)}" if close else "e.g. resnet18, resnet50, resnext50_32x4d, seresnet50"
     if library not in ("", "timm", "torchvision", "tv"):
-        raise UserError(f"--arch {raw!r}: unknown library {library!r}; use timm/NAME or torchvision/NAME")
-    raise UserError(f"--arch {raw!r} is not a ResNet-family architecture known to timm or torchvision; {hint}")
+        raise UserError(f"{option} {raw!r}: unknown library {library!r}; use timm/NAME or torchvision/NAME")
+    raise UserError(f"{option} {raw!r} is not a ResNet-family architecture known to timm or torchvision; {hint}")
 
 
 def create_model(arch: ArchSpec, num_classes: int) -> nn.Module:
@@ -136,46 +136,76 @@ def create_model(arch: ArchSpec, num_classes: int) -> nn.Module:
 
 def default_preprocess(arch: ArchSpec, model: nn.Module, input_size: tuple[int, int, int] | None = None) -> Preprocess:
     """The arch's eval preprocessing (timm's data config; torchvision's ImageNet recipe), size overridable."""
-    if arch.library == "timm":
+    return resolve_preprocess(arch, model, input_size)[0]
+
+
+def resolve_preprocess(
+    arch: ArchSpec,
+    model: nn.Module,
+    input_size: tuple[int, int, int] | None = None,
+    overrides: PreprocessOverrides = PreprocessOverrides(),
+    hub: HubFolder | None = None,
+) -> tuple[Preprocess, dict[str, str]]:
+    """The preprocessing to validate with, and where each setting came from: the user's options first (`input_size`,
+    `overrides`), then the hub folder's config.json, then timm's data config for the arch (torchvision's recipe)."""
+    if hub is not None:
         from timm.data import resolve_data_config
 
-        cfg = resolve_data_config({}, model=model)
-        base = Preprocess(
-            input_size=tuple(cfg["input_size"]),
-            interpolation=cfg["interpolation"] or "bilinear",
-            mean=tuple(cfg["mean"]),
-            std=tuple(cfg["std"]),
-            crop_pct=float(cfg.get("crop_pct") or 0.875),
-            crop_mode=cfg.get("crop_mode") or "center",
+        base, origin = resolve_data_config({}, pretrained_cfg=hub.pretrained_cfg), str(hub.config)
+    elif arch.library == "timm":
+        from timm.data import resolve_data_config
+
+        base, origin = resolve_data_config({}, model=model), f"timm's default for {arch}"
+    else:  # torchvision: resize 256, center crop 224, bilinear, ImageNet mean/std
+        base, origin = Preprocess().to_dict(), "torchvision's ImageNet default"
+    given = {**overrides.given(), **({"input_size": input_size} if input_size is not None else {})}
+    values = {**{k: base.get(k) for k in PREPROCESS_FIELDS}, **given}
+    try:
+        preprocess = Preprocess(
+            input_size=tuple(int(v) for v in values["input_size"]),
+            interpolation=values["interpolation"] or "bilinear",
+            mean=tuple(float(v) for v in values["mean"]),
+            std=tuple(float(v) for v in values["std"]),
+            crop_pct=float(values["crop_pct"] or 0.875),
+            crop_mode=values["crop_mode"] or "center",
         )
-    else:
-        base = Preprocess()  # torchvision: resize 256, center crop 224, bilinear, ImageNet mean/std
-    if input_size is not None:
-        base = Preprocess(input_size, base.interpolation, base.mean, base.std, base.crop_pct, base.crop_mode)
-    return base
+    except (UserError, TypeError, ValueError) as exc:
+        raise UserError(f"{origin}: preprocessing {exc}; fix it or give --mean/--std/--crop-pct/... instead") from None
+    sources = {k: f"--{k.replace('_', '-')}" if k in given else origin for k in PREPROCESS_FIELDS}
+    return preprocess, sources
 
 
 # ------------------------------------------------------------------------------------------- weights
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict from `.pth`/`.pt`/`.bin`/`.ckpt` (weights_only) or `.safetensors`.
-
-    Unwraps `state_dict`/`model`/`model_state_dict` and strips `module.` / `_orig_mod.` prefixes.
-    """
+def read_checkpoint(path: Path) -> object:
+    """What a `.pth`/`.pt`/`.bin`/`.ckpt`/`.pth.tar` (weights_only) or `.safetensors` file holds, read safely."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--weights {path} does not exist; give the path of a .pth, .pt or .safetensors state_dict")
+        raise UserError(
+            f"--weights {path} does not exist; give the path of a .pth, .pt, .ckpt or .safetensors file (or a hub folder)"
+        )
     suffix = path.suffix.lower()
     if suffix not in WEIGHT_SUFFIXES:
-        raise UserError(f"--weights {path}: unsupported file type {suffix!r}; give a .pth, .pt or .safetensors file")
+        raise UserError(
+            f"--weights {path}: unsupported file type {suffix!r}; give a .pth, .pt, .ckpt, .pth.tar or .safetensors file"
+        )
     if path.stat().st_size == 0:
         raise UserError(f"--weights {path} is empty (0 bytes); save the state_dict again")
-    if suffix == ".safetensors":
-        raw = _read_safetensors(path)
-    else:
-        raw = _read_torch(path)
-    return _normalise(raw, path)
+    return _read_safetensors(path) if suffix == ".safetensors" else _read_torch(path)
+
+
+def read_state_dict(path: Path, arch: ArchSpec | None = None, ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model's state_dict in a weights file (checkpoints.py unwraps training checkpoints; with `arch`, the set of
+    tensors whose names fit it exactly; `ema`: its EMA copy)."""
+    return unwrap(read_checkpoint(path), None if arch is None else expected_keys(arch), ema=ema, path=Path(path)).state
+
+
+@lru_cache(maxsize=16)
+def expected_keys(arch: ArchSpec) -> frozenset[str]:
+    """The state_dict names of `arch` (built on the meta device: no memory, no initialisation)."""
+    with torch.device("meta"):
+        return frozenset(create_model(arch, 1).state_dict())
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -220,8 +250,10 @@ def _check_zip(path: Path) -> None:
 def _read_torch(path: Path) -> object:
     _check_zip(path)
     try:
-        with warnings.catch_warnings():  # "Detected pickle protocol 4" and the like: the error below says it all
-            warnings.simplefilter("ignore", UserWarning)
+        # timm's train.py and torchvision's reference scripts store their command line as an argparse.Namespace
+        # (`args`): allowed, as timm's own loader does; it holds plain values, any other class is still refused.
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4" and the like: the error says it
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
@@ -250,32 +282,6 @@ def _unpickling_detail(exc: Exception) -> str:
     useful = [line.removeprefix("WeightsUnpickler error:").strip() for line in lines if not line.startswith(boilerplate)]
     useful = [line for line in useful if line]
     return useful[0][:160] if useful else "not a weights-only pickle"
-
-
-def _normalise(raw: object, path: Path) -> dict[str, torch.Tensor]:
-    if not isinstance(raw, dict):
-        raise UserError(f"--weights {path} holds a {type(raw).__name__}, not a state_dict; save model.state_dict()")
-    state = raw
-    for key in WRAPPER_KEYS:
-        inner = raw.get(key)
-        if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-            state = inner
-            break
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue  # training metadata beside the weights (epoch, step, ...)
-        name = str(key)
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in STRIP_PREFIXES:
-                if name.startswith(prefix):
-                    name, stripped = name[len(prefix) :], True
-        tensors[name] = value
-    if not tensors:
-        raise UserError(f"--weights {path} holds no tensors; give a state_dict saved with torch.save(model.state_dict(), ...)")
-    return tensors
 
 
 def find_nonfinite(state_dict: dict[str, torch.Tensor]) -> tuple[str, int] | None:
@@ -347,6 +353,9 @@ class ModelInfo:
     num_classes: int
     preprocess: Preprocess
     weights_sha256: str
+    class_names: tuple[str, ...] | None = None
+    # where it came from: `checkpoint` (the weights used in the file), `preprocess_source`, `class_names_source`
+    origin: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -355,6 +364,8 @@ class ModelInfo:
             "input_shape": list(self.preprocess.input_size),
             "weights_sha256": self.weights_sha256,
             "preprocess": self.preprocess.to_dict(),
+            "class_names": None if self.class_names is None else list(self.class_names),
+            **self.origin,
         }
 
 
@@ -368,31 +379,126 @@ class LoadedModel:
     preprocess: Preprocess
     weights_path: Path
     weights_sha256: str
+    class_names: tuple[str, ...] | None = None
+    origin: dict[str, Any] = field(default_factory=dict)
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(str(self.arch), self.num_classes, self.preprocess, self.weights_sha256)
+        return ModelInfo(str(self.arch), self.num_classes, self.preprocess, self.weights_sha256, self.class_names, self.origin)
+
+    def describe(self) -> list[str]:
+        """What was loaded, for the log: the weights used in the file and the effective preprocessing (with sources)."""
+        by_source: dict[str, list[str]] = {}
+        for name, source in self.origin.get("preprocess_source", {}).items():
+            by_source.setdefault(source, []).append(name)
+        sources = "; ".join(f"{', '.join(names)}: {source}" for source, names in by_source.items())
+        lines = [f"preprocessing: {self.preprocess.describe()} ({sources})"]
+        checkpoint = self.origin.get("checkpoint") or {}
+        if checkpoint.get("layout") not in (None, "state_dict") or checkpoint.get("prefix"):
+            lines.insert(0, f"weights: {checkpoint['description']}")
+        if self.class_names is not None:
+            shown = ", ".join(self.class_names[:5]) + (", ..." if len(self.class_names) > 5 else "")
+            lines.append(f"class names ({self.origin.get('class_names_source')}): {shown}")
+        return lines
+
+    def name_classes_after(self, dataset: Dataset, option: str) -> "LoadedModel":
+        """The model, with the class folders of `dataset` as its class names when it has none yet and they are one
+        per classifier output (ImageFolder labels them in sorted order)."""
+        folders = dataset.classes if isinstance(dataset, ImageFolderDataset) else None
+        if self.class_names is not None or not folders or len(folders) != self.num_classes:
+            return self
+        return replace(self, class_names=tuple(folders), origin={**self.origin, "class_names_source": f"{option} class folders"})
+
+
+def read_labels(path: Path, num_classes: int) -> tuple[str, ...]:
+    """--labels FILE: one class name per line, in classifier order (trailing blank lines ignored)."""
+    label = f"--labels {path}"
+    fix = "give a text file with one class name per line, in the classifier's order"
+    lines = read_user_text(path, label, fix).splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return check_class_names(tuple(line.strip() for line in lines), num_classes, label, fix)
+
+
+def _arch_of(arch_name: str | None, weights: Path, hub: HubFolder | None) -> ArchSpec:
+    """--arch, or the hub folder's architecture (both must agree when both are given)."""
+    if hub is None:
+        if not arch_name:
+            raise UserError(
+                f"--arch is missing: --weights {weights} is a file; give --arch (only a hub folder's config.json names it)"
+            )
+        return resolve_arch(arch_name)
+    from timm.models import split_model_name_tag
+
+    name = split_model_name_tag(hub.architecture)[0]
+    arch = resolve_arch(name, option=f"{hub.config}: architecture")
+    if arch.library != "timm":
+        raise UserError(f"{hub.config}: architecture {hub.architecture!r} is not a timm model; hub folders are timm's layout")
+    if arch_name and resolve_arch(arch_name).name != arch.name:
+        raise UserError(
+            f"--arch {arch_name} disagrees with {hub.config} (architecture {hub.architecture!r}); "
+            "drop --arch (the folder names its architecture) or give the folder of that model"
+        )
+    return arch
+
+
+def _check_declared_arch(found: Unwrapped, arch: ArchSpec, weights: Path) -> None:
+    """The model name a training script recorded in its checkpoint (timm's `arch`, torchvision's `args.model`)."""
+    if not found.declared_arch:
+        return
+    name = found.declared_arch.split(":")[-1].rpartition("/")[2].split(".")[0]  # hf-hub:timm/resnet50.a1_in1k
+    try:
+        declared = resolve_arch(name)
+    except UserError:
+        return  # not a model name (timm records the class name, 'resnet', when train.py had no args)
+    if declared.name != arch.name:
+        raise UserError(
+            f"--weights {weights} was saved by a training script for {found.declared_arch!r}, not --arch {arch}; "
+            f"pass --arch {declared.name}"
+        )
+
+
+def _check_hub_model_args(hub: HubFolder, model: nn.Module) -> None:
+    """config.json's model_args must be those the arch is built with here (only the class count may differ)."""
+    from timm.models._input import get_model_args
+
+    defaults = get_model_args(model)
+    different = {k: v for k, v in hub.model_args.items() if k != "num_classes" and (k not in defaults or defaults[k] != v)}
+    if different:
+        raise UserError(
+            f"{hub.config}: model_args {different} differ from what resnet-deploy builds "
+            f"({ {k: defaults.get(k) for k in different} }); only models built with timm's defaults are supported"
+        )
 
 
 def load_model(
-    arch_name: str,
+    arch_name: str | None,
     weights: Path,
     num_classes: int | None = None,
     input_size: tuple[int, int, int] | None = None,
+    options: ModelOptions = ModelOptions(),
 ) -> LoadedModel:
-    arch = resolve_arch(arch_name)
-    state_dict = read_state_dict(weights)
+    """The user's model: `weights` is a weights file (a state_dict or a training checkpoint) or a hub folder."""
+    weights = Path(weights)
+    hub = read_hub_folder(weights) if weights.is_dir() else None
+    arch = _arch_of(arch_name, weights, hub)
+    path = hub.weights if hub is not None else weights
+    found = unwrap(read_checkpoint(path), expected_keys(arch), ema=options.ema, path=path, arch=str(arch))
+    _check_declared_arch(found, arch, path)
+    state_dict = found.state
     bad = find_nonfinite(state_dict)
     if bad is not None:
         raise UserError(
-            f"--weights {weights}: tensor {bad[0]!r} holds {bad[1]} NaN/Inf values; "
+            f"--weights {path}: tensor {bad[0]!r} holds {bad[1]} NaN/Inf values; "
             "the checkpoint is broken, save it again from a healthy model"
         )
     if num_classes is None:
-        num_classes = infer_num_classes(state_dict, arch)
+        num_classes = hub.num_classes if hub is not None and hub.num_classes else infer_num_classes(state_dict, arch)
     elif num_classes < 1:
         raise UserError(f"--num-classes must be >= 1, got {num_classes}")
     model = create_model(arch, num_classes)
+    if hub is not None:
+        _check_hub_model_args(hub, model)
     missing, unexpected, misshaped = _shape_mismatches(model, state_dict)
     if missing or unexpected or misshaped:
         parts = []
@@ -404,14 +510,29 @@ def load_model(
             parts.append(f"{len(misshaped)} mis-shaped ({', '.join(misshaped[:2])})")
         guess = suggest_arch(state_dict, num_classes, exclude=arch.name)
         fix = f"did you mean --arch {guess}?" if guess else "check --arch and --num-classes"
-        raise UserError(f"--weights {weights} do not fit --arch {arch}: {'; '.join(parts)}; {fix}")
+        where = f" ({found.where()})" if found.where() else ""
+        raise UserError(f"--weights {path}{where} do not fit --arch {arch}: {'; '.join(parts)}; {fix}")
     model.load_state_dict(state_dict, strict=True)
     model.eval()
+    preprocess, preprocess_source = resolve_preprocess(arch, model, input_size, options.preprocess, hub)
+    class_names, class_source = None, None
+    if options.labels is not None:
+        class_names, class_source = read_labels(options.labels, num_classes), f"--labels {options.labels}"
+    elif hub is not None and hub.label_names is not None:
+        fix = "fix its label_names or give --labels FILE"
+        class_names = check_class_names(hub.label_names, num_classes, f"{hub.config} label_names", fix)
+        class_source = f"{hub.config} label_names"
+    checkpoint = found.as_dict()
+    if hub is not None:
+        description = f"hub folder {hub.folder}: {path.name}, architecture {hub.architecture!r} from {hub.config.name}"
+        checkpoint.update(layout="hub", hub_config=str(hub.config), description=description)
     return LoadedModel(
         module=model,
         arch=arch,
         num_classes=num_classes,
-        preprocess=default_preprocess(arch, model, input_size),
-        weights_path=Path(weights),
-        weights_sha256=sha256_file(Path(weights)),
+        preprocess=preprocess,
+        weights_path=path,
+        weights_sha256=sha256_file(path),
+        class_names=class_names,
+        origin={"checkpoint": checkpoint, "preprocess_source": preprocess_source, "class_names_source": class_source},
     )

@@ -86,7 +86,7 @@ class SelectionSet:
 
     @classmethod
     def split(
-        cls, calib: Dataset, options: SelectionOptions, seed: int, preprocess: Preprocess
+        cls, calib: Dataset, options: SelectionOptions, seed: int, preprocess: Preprocess, class_names=None
     ) -> tuple[Dataset, "SelectionSet"]:
         """(the images calibration may draw from, the selection set).
 
@@ -94,7 +94,7 @@ class SelectionSet:
         without it, `options.size` images (at most half) held out of --calib-data and the rest for calibration.
         """
         if options.data is not None:
-            data = open_dataset(options.data, preprocess, option="--select-data")
+            data = open_dataset(options.data, preprocess, option="--select-data", class_names=class_names)
             return calib, cls(data.select(draw_indices(len(data), options.size, seed)), "--select-data", len(data))
         available = len(calib)
         held = draw_indices(available, min(options.size, available // 2), seed)

@@ -130,4 +130,6 @@ def derived_artifact(
         opset=opset,
         source_sha256=sha256_file(fp32.path),
         details=details,
+        class_names=fp32.class_names,
+        origin=fp32.origin,
     )

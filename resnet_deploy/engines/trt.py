@@ -412,6 +412,8 @@ def build_engine(model: OnnxArtifact, path: Path, options: TensorRTOptions, prof
         source_onnx_sha256=sha256_file(model.path),
         build_seconds=round(time.perf_counter() - started, 3),
         built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        class_names=model.class_names,
+        origin=model.origin,
     )
     write_json_atomic(sidecar_path(path), {**artifact.metadata(), "sha256": digest})
     return artifact

@@ -16,7 +16,7 @@ from ..calibration.graph import excluded_nodes, load_onnx
 from ..calibration.quantize import judged_exactly, make_int8, write_int8
 from ..calibration.search import MixedPrecision, best_effort_path, mixed_precision_int8, target_on
 from ..config import BuildConfig, Precision, Target
-from ..data import Dataset, SkipSummary, first_images, open_dataset
+from ..data import Dataset, ImageFolderDataset, SkipSummary, check_labels, first_images, open_dataset
 from ..engines.base import Runner
 from ..engines.ort import exact_runner
 from ..engines.pytorch import PyTorchRunner
@@ -55,10 +55,12 @@ class StageTimer:
 
 def _data_summary(dataset: Dataset) -> dict[str, object]:
     skipped = SkipSummary.of(dataset)
+    by_name = isinstance(dataset, ImageFolderDataset) and dataset.by_name
     return {
         "path": str(dataset.source),
         "candidates": len(dataset),
         "labels": dataset.has_labels,
+        **({"labels_by": "class names" if by_name else "sorted folders"} if isinstance(dataset, ImageFolderDataset) else {}),
         "skipped": skipped.count,
         "skipped_examples": skipped.examples,
     }
@@ -162,16 +164,23 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
     profile = check_engine_options(config)
     reduced = any(p is not Precision.FP32 for p in config.precisions)
     with timer("load"):
-        model = load_model(config.arch, config.weights, config.num_classes, config.input_size)
-        val = open_dataset(config.val_data, model.preprocess, option="--val-data")
-        calib = open_dataset(config.calib_data, model.preprocess, option="--calib-data") if config.calib_data else None
+        model = load_model(config.arch, config.weights, config.num_classes, config.input_size, config.model_options)
+        names = model.class_names  # folders named after them are labelled by name
+        val = open_dataset(config.val_data, model.preprocess, option="--val-data", class_names=names)
+        calib = None
+        if config.calib_data:  # its labels are used only by an accuracy target's selection images
+            calib = open_dataset(config.calib_data, model.preprocess, option="--calib-data", class_names=names)
+        check_labels(val, model.num_classes, "--val-data")
+        model = model.name_classes_after(val, "--val-data")
         check_images = first_images(calib or val, CHECK_IMAGES)
         pool, selection = calib, None
         if config.accuracy_target is not None:  # the images that choose the nodes: held out, never --val-data
-            pool, selection = SelectionSet.split(calib, config.selection, config.calibration.seed, model.preprocess)
+            pool, selection = SelectionSet.split(calib, config.selection, config.calibration.seed, model.preprocess, names)
             selection.check(val, config.accuracy_target)
         calibration_set = CalibrationSet.draw(pool, config.calibration.size, config.calibration.seed) if reduced else None
     progress.log(f"loaded {model.arch} ({model.num_classes} classes, input {'x'.join(map(str, model.preprocess.input_size))})")
+    for line in model.describe():
+        progress.log(line)
     warnings = _warnings(val, calibration_set) + ([selection.warning()] if selection and selection.warning() else [])
     if reduced and Precision.INT8 in config.precisions and Target.ONNXRUNTIME in config.targets:
         made_for = "onnxruntime-target INT8 model" + (f" (--cpu {config.cpu})" if config.cpu else "")
@@ -226,6 +235,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
 
         ref_top1 = next((r.accuracy.top1_ref for r in results if r.accuracy and r.accuracy.top1_ref is not None), None)
         ref_top5 = next((r.accuracy.top5_ref for r in results if r.accuracy and r.accuracy.top5_ref is not None), None)
+        per_class = next((r.accuracy.per_class for r in results if r.accuracy and r.accuracy.per_class), None)
         fold_dict = fold.as_dict()
         report = Report(
             model=model.info.as_dict(),
@@ -242,6 +252,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
                 "latency": [lat.as_dict() for lat in reference_latency],
                 "top1": ref_top1,
                 "top5": ref_top5,
+                **({} if per_class is None else {"per_class": per_class.reference()}),
             },
             engines=results,
             data={

@@ -113,6 +113,8 @@ def export_onnx(
         opset=opset_used,
         source_sha256=model.weights_sha256,
         details={"parity": parity.as_dict(), "batchnorm_nodes": bn_nodes, "fold": fold_summary or {}},
+        class_names=None if model.class_names is None else list(model.class_names),
+        origin=model.origin,
     )
     write_json_atomic(sidecar_path(path), {**artifact.metadata(), "sha256": digest})
     return artifact
@@ -125,6 +127,7 @@ def _add_metadata(proto, model: ModelInfo) -> None:
         "resnet_deploy.num_classes": str(model.num_classes),
         "resnet_deploy.preprocess": json.dumps(model.preprocess.to_dict()),
         "resnet_deploy.weights_sha256": model.weights_sha256,
+        **({"resnet_deploy.class_names": json.dumps(list(model.class_names))} if model.class_names is not None else {}),
     }
     existing = {p.key: p for p in proto.metadata_props}
     for key, value in entries.items():

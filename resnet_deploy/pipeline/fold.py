@@ -217,6 +217,8 @@ def save_folded(gm: fx.GraphModule, model: LoadedModel, result: FoldResult, path
         preprocess=model.preprocess.to_dict(),
         weights_sha256=model.weights_sha256,
         fold=result.as_dict(),
+        class_names=None if model.class_names is None else list(model.class_names),
+        origin=model.origin,
     )
     state = {k: v.detach().contiguous().clone() for k, v in gm.state_dict().items()}
     write_with_sidecar(Path(path), lambda tmp: save_file(state, str(tmp)), artifact.metadata())

@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from .report import precision_label
+from .report import confusion_table, model_lines, per_class_table, precision_label
 
 STYLE: dict[str, Any] = {
     "font.size": 9,
@@ -288,7 +288,24 @@ def _model_section(report: dict[str, Any]) -> str:
         ["validation data", _esc(f"{val.get('path', '?')}: {val.get('candidates', '?')} files, "
                                  f"labels: {'yes' if val.get('labels') else 'no'}, skipped: {val.get('skipped', 0)}")],
     ]  # fmt: skip
+    rows[3:3] = [[_esc(label), _esc(text)] for label, text in model_lines(model)]
     return "<h2>Model</h2>" + _table(["", ""], rows, text_columns=2)
+
+
+def _classes_section(report: dict[str, Any]) -> str:
+    """The worst classes' top-1 per engine, and the reference's most frequent confusions (labelled data)."""
+    parts = []
+    table = per_class_table(report)
+    if table:
+        header, rows = table
+        parts.append(f"<h2>Per-class top-1 (the {len(rows)} worst classes)</h2>")
+        parts.append(_table([_esc(h) for h in header], [[_esc(c) for c in row] for row in rows]))
+    confusions = confusion_table(report)
+    if confusions:
+        header, rows = confusions
+        parts.append("<h2>Most frequent confusions (reference)</h2>")
+        parts.append(_table([_esc(h) for h in header], [[_esc(c) for c in row] for row in rows], text_columns=2))
+    return "".join(parts)
 
 
 def _stages_section(report: dict[str, Any]) -> str:
@@ -506,6 +523,7 @@ def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None, lay
             _model_section(report),
             _stages_section(report),
             _accuracy_section(report),
+            _classes_section(report),
             _latency_section(report),
             _plots_section(report),
             _mixed_precision_section(report),

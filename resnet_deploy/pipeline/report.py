@@ -296,7 +296,10 @@ class _Shape:
             self.dict(data.get(key), key)
         for key in ("host", "versions", "stages", "data"):
             self.dict(data.get(key, {}), key)
+        if data["model"].get("class_names") is not None:
+            self.strings(data["model"]["class_names"], "model.class_names")
         self.latency(data["reference"].get("latency", []), "reference.latency")
+        self.per_class(data["reference"].get("per_class"), "reference.per_class")
         names = set()
         for i, engine in enumerate(self.list(data.get("engines"), "engines")):
             engine = self.dict(engine, f"engines[{i}]")
@@ -311,6 +314,7 @@ class _Shape:
                     accuracy = self.dict(engine[field_name], f"engines[{i}].{field_name}")
                     for key in _ACCURACY_NUMBERS:
                         self.number(accuracy.get(key), f"engines[{i}].{field_name}.{key}")
+                    self.per_class(accuracy.get("per_class"), f"engines[{i}].{field_name}.per_class")
             if not isinstance(engine.get("kernel_loss"), str | None):
                 raise self.fail(f"engines[{i}].kernel_loss", "must be a string or null")
             self.latency(engine.get("latency", []), f"engines[{i}].latency")
@@ -354,6 +358,27 @@ class _Shape:
         self.rows(search.get("latency_cost") or [], f"{where}.latency_cost", ("engine",), costs)
         if search.get("on_val") is not None:
             self.rows([search["on_val"]], f"{where}.on_val", (), ("top1_agreement", "?", "top1_drop_points"), ("met",))
+
+    def counts(self, value: Any, where: str) -> list[int]:
+        values = self.list(value, where)
+        for i, item in enumerate(values):
+            if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+                raise self.fail(f"{where}[{i}]", "must be a whole number >= 0")
+        return values
+
+    def per_class(self, value: Any, where: str) -> None:
+        """Per-class counts (validate.ClassAccuracy; the reference's: samples, correct, confusions)."""
+        if value is None:
+            return
+        value = self.dict(value, where)
+        classes = len(self.counts(value.get("samples"), f"{where}.samples"))
+        for key in ("correct", "correct_ref"):
+            if key in value and len(self.counts(value[key], f"{where}.{key}")) != classes:
+                raise self.fail(f"{where}.{key}", f"must have one count per class ({classes})")
+        for key in ("confusions", "confusions_ref"):
+            for i, row in enumerate(self.list(value.get(key, []), f"{where}.{key}")):
+                if len(self.counts(row, f"{where}.{key}[{i}]")) != 3 or max(row[:2]) >= classes:
+                    raise self.fail(f"{where}.{key}[{i}]", "must be [true class, predicted class, images]")
 
     def strings(self, value: Any, where: str) -> None:
         for i, item in enumerate(self.list(value, where)):
@@ -472,6 +497,93 @@ def _ms_cell(row: dict[str, Any], stat: str) -> str:
     return cell if gpu is None else f"{cell} ({gpu:.2f})"
 
 
+WORST_CLASSES = 10  # rows of the per-class table
+TOP_CONFUSIONS = 10
+
+
+def model_lines(model: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) facts about where the model came from: the weights used, preprocessing, class names."""
+    from ..data import Preprocess
+
+    lines = []
+    checkpoint = model.get("checkpoint") or {}
+    if checkpoint.get("description"):
+        lines.append(("weights", str(checkpoint["description"])))
+    try:
+        text = Preprocess.from_dict(model["preprocess"]).describe()
+    except (KeyError, TypeError, ValueError, UserError):
+        text = str(model.get("preprocess"))
+    sources = model.get("preprocess_source")
+    if isinstance(sources, dict) and sources:
+        grouped: dict[str, list[str]] = {}
+        for name, source in sources.items():
+            grouped.setdefault(str(source), []).append(str(name))
+        text += " (" + "; ".join(f"{', '.join(names)}: {source}" for source, names in grouped.items()) + ")"
+    lines.append(("preprocessing", text))
+    if model.get("class_names"):
+        lines.append(("class names", f"{len(model['class_names'])}, from {model.get('class_names_source') or '?'}"))
+    return lines
+
+
+def class_label(report: dict[str, Any], index: int) -> str:
+    names = report["model"].get("class_names")
+    return f"{names[index]} ({index})" if names and index < len(names) else str(index)
+
+
+def per_class_table(report: dict[str, Any], limit: int = WORST_CLASSES) -> tuple[list[str], list[list[str]]] | None:
+    """The classes with the lowest top-1 (of the reference or of any engine): header and rows of plain text."""
+    ref = report["reference"].get("per_class")
+    if not ref:
+        return None
+    samples, engines = ref["samples"], [e for e in report["engines"] if (e.get("accuracy") or {}).get("per_class")]
+    columns = [ref["correct"], *(e["accuracy"]["per_class"]["correct"] for e in engines)]
+
+    def top1(correct: list[int], c: int) -> float | None:
+        return correct[c] / samples[c] if c < len(correct) else None
+
+    def worst(c: int) -> tuple[float, float, int]:
+        values = [v for v in (top1(col, c) for col in columns) if v is not None]
+        return (min(values), top1(ref["correct"], c) or 0.0, c)
+
+    shown = sorted((c for c, n in enumerate(samples) if n > 0), key=worst)[:limit]
+    header = ["class", "images", f"{report['reference'].get('name', 'reference')} (reference)", *(e["name"] for e in engines)]
+    rows = [[class_label(report, c), str(samples[c]), *(_pct(top1(col, c)) for col in columns)] for c in shown]
+    return header, rows
+
+
+def confusion_table(report: dict[str, Any], limit: int = TOP_CONFUSIONS) -> tuple[list[str], list[list[str]]] | None:
+    """The reference's most frequent confusions: true class, predicted class, images, share of the class."""
+    ref = report["reference"].get("per_class")
+    if not ref or not ref.get("confusions"):
+        return None
+    samples = ref["samples"]
+    rows = [
+        [class_label(report, t), class_label(report, p), str(n), _pct(n / samples[t]) if samples[t] else "n/a"]
+        for t, p, n in ref["confusions"][:limit]
+    ]
+    return ["true class", "predicted as", "images", "share of the class"], rows
+
+
+def _markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"  # class names may hold a pipe
+
+
+def _markdown_table(table: tuple[list[str], list[list[str]]]) -> list[str]:
+    header, rows = table
+    return [_markdown_row(header), "|" + "---|" * len(header), *map(_markdown_row, rows)]
+
+
+def _classes_section(report: dict[str, Any]) -> list[str]:
+    lines = []
+    table = per_class_table(report)
+    if table:
+        lines += ["", f"## Per-class top-1 (the {len(table[1])} worst classes)", "", *_markdown_table(table)]
+    confusions = confusion_table(report)
+    if confusions:
+        lines += ["", "## Most frequent confusions (reference)", "", *_markdown_table(confusions)]
+    return lines
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """A readable page from a report dict (works on a report.json read back from disk)."""
     model, fold, export = report["model"], report["fold"], report["export"]
@@ -481,6 +593,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"- weights sha256 `{model['weights_sha256'][:16]}…`, {model['num_classes']} classes, "
         f"input {'x'.join(map(str, model['input_shape']))}",
+        *(f"- {label}: {text}" for label, text in model_lines(model)),
         f"- BN folding: {fold['folded']} folded, {fold['remaining_batchnorm']} remaining, "
         f"max abs diff {_num(fold.get('max_abs_diff'))}",
         f"- ONNX export: opset {export['opset']}, max abs diff vs PyTorch {_num(export.get('max_abs_diff'))}",
@@ -518,6 +631,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     losses = [e["kernel_loss"] for e in report["engines"] if e.get("kernel_loss")]
     if losses:
         lines += ["", "**The CPU's kernels, not the model, lose accuracy:**", ""] + [f"- {loss}" for loss in losses]
+    lines += _classes_section(report)
     batch_sizes = sorted({row["batch_size"] for e in [ref, *report["engines"]] for row in e.get("latency", [])})
     if batch_sizes:
         lines += ["", "## Latency (ms) and throughput (images/s)", ""]

@@ -67,6 +67,30 @@ def _num_batches(dataset: Dataset, batch_size: int) -> int:
     return -(-len(dataset) // batch_size)
 
 
+CONFUSIONS_KEPT = 20  # the most frequent (true class, predicted class) pairs kept per model
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """Per class of a labelled data set: its images, how many the engine and the reference got right (top-1), and
+    the most frequent confusions of each, as (true class, predicted class, images), most frequent first."""
+
+    samples: tuple[int, ...]
+    correct: tuple[int, ...]
+    correct_ref: tuple[int, ...]
+    confusions: tuple[tuple[int, int, int], ...]
+    confusions_ref: tuple[tuple[int, int, int], ...]
+
+    def reference(self) -> dict[str, object]:
+        """The reference's own counts (report.json `reference.per_class`)."""
+        return {"samples": self.samples, "correct": self.correct_ref, "confusions": self.confusions_ref}
+
+
+def _top_confusions(pairs: dict[tuple[int, int], int]) -> tuple[tuple[int, int, int], ...]:
+    ranked = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:CONFUSIONS_KEPT]
+    return tuple((true, pred, count) for (true, pred), count in ranked)
+
+
 @dataclass(frozen=True)
 class Accuracy:
     """Agreement with the reference and (when labelled) accuracy. Fractions are 0..1, drops in points."""
@@ -84,6 +108,7 @@ class Accuracy:
     top5: float | None
     top5_ref: float | None
     top1_drop_points: float | None
+    per_class: ClassAccuracy | None = None  # labelled data only
 
     @property
     def passed(self) -> bool:
@@ -110,6 +135,24 @@ class _Tally:
         self.cos_min = float("inf")
         self.cos_sum = 0.0
         self.labelled = self.top1 = self.top1_ref = self.topk_hit = self.topk_hit_ref = 0
+        self.class_samples = self.class_correct = self.class_correct_ref = None
+        self.confusions: dict[tuple[int, int], int] = {}
+        self.confusions_ref: dict[tuple[int, int], int] = {}
+
+    def _add_classes(self, labels: np.ndarray, out_top1: np.ndarray, ref_top1: np.ndarray, classes: int) -> None:
+        if self.class_samples is None:
+            self.class_samples, self.class_correct, self.class_correct_ref = (np.zeros(classes, np.int64) for _ in range(3))
+        known = (labels >= 0) & (labels < classes)  # labels outside the classifier were refused before (check_labels)
+        labels, out_top1, ref_top1 = labels[known], out_top1[known], ref_top1[known]
+        self.class_samples += np.bincount(labels, minlength=classes)
+        self.class_correct += np.bincount(labels[out_top1 == labels], minlength=classes)
+        self.class_correct_ref += np.bincount(labels[ref_top1 == labels], minlength=classes)
+        for predicted, pairs in ((out_top1, self.confusions), (ref_top1, self.confusions_ref)):
+            wrong = (predicted != labels) & (predicted >= 0)  # -1: a NaN/Inf output predicts nothing
+            found, counts = np.unique(labels[wrong] * classes + predicted[wrong], return_counts=True)
+            for code, count in zip(found.tolist(), counts.tolist()):
+                key = divmod(code, classes)
+                pairs[key] = pairs.get(key, 0) + count
 
     def add(self, ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None) -> None:
         ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
@@ -138,6 +181,7 @@ class _Tally:
             self.top1_ref += int((ref_top1 == labels).sum())
             self.topk_hit += int(((out_topk == labels[:, None]).any(axis=1) & finite).sum())
             self.topk_hit_ref += int((ref_topk == labels[:, None]).any(axis=1).sum())
+            self._add_classes(labels, out_top1, ref_top1, ref64.shape[1])
 
     def result(self) -> Accuracy:
         n = max(self.n, 1)
@@ -161,7 +205,12 @@ class _Tally:
             top5=top5,
             top5_ref=top5_ref,
             top1_drop_points=drop,
-        )
+            per_class=None if self.class_samples is None else ClassAccuracy(
+                tuple(self.class_samples.tolist()), tuple(self.class_correct.tolist()),
+                tuple(self.class_correct_ref.tolist()), _top_confusions(self.confusions),
+                _top_confusions(self.confusions_ref),
+            ),
+        )  # fmt: skip
 
 
 def validate(
