@@ -55,6 +55,7 @@ def _data_summary(dataset: Dataset) -> dict[str, object]:
         "path": str(dataset.source),
         "candidates": len(dataset),
         "labels": dataset.has_labels,
+        "classes": list(dataset.classes) if dataset.classes else None,  # ImageFolder subfolders: labels.txt of a Triton model
         "skipped": skipped.count,
         "skipped_examples": skipped.examples,
     }
