@@ -6,11 +6,12 @@
 What runs: a real `resnet-deploy build` of a random-weight ResNet-50 (224x224) with INT8 for the onnxruntime
 target only, then `resnet-deploy triton --python-backend` (the repository a Triton with only its Python backend
 serves on the CPU) and one tritonserver (the nvidia-pytriton wheel's, or one on PATH). In one run, each in its
-own block: the INT8 ONNX in this process on ONNX Runtime at batch 1 and batch 8 (OrtRunner, warmed), and the
-served model at each concurrency (tritonclient gRPC, one image per request, dynamic batching with preferred
-batch sizes 8 and 16). Printed: images/s and latency per row, the served throughput as a ratio of the in-process
-batch-1 and batch-8 throughput, and the mean batch the dynamic batcher formed. The aim: at concurrency 8,
-served throughput at least 75% of in-process batch 8.
+own block: the INT8 ONNX in this process on ONNX Runtime at batch 1 and batch 8 (OrtRunner, warmed; once
+before and once after the server, both printed, the ratios against their mean, so that a machine whose load
+changed during the run shows it), and the served model at each concurrency (tritonclient gRPC, one image per
+request, dynamic batching with preferred batch sizes 8 and 16). Printed: images/s and latency per row, the
+served throughput as a ratio of the in-process batch-1 and batch-8 throughput, and the mean batch the dynamic
+batcher formed. The aim: at concurrency 8, served throughput at least 75% of in-process batch 8.
 
 The client runs on the same machine as the server and competes with it for the cores (gRPC serialization of
 600 KB requests); numbers depend on what else runs there: run on a quiet machine.
@@ -90,7 +91,7 @@ def main() -> int:
         print(f"building {ARCH} INT8 (random weights) and its Triton repository ...", file=sys.stderr)
         repo = build(folder, args.threads, 32)
         model = read_repository(repo)[0]
-        local = in_process(model.model_file, args.threads, 5, iterations)
+        before = in_process(model.model_file, args.threads, 5, iterations)
         images = np.random.default_rng(2).standard_normal((16, *SHAPE), dtype=np.float32)
         print(f"serving {model.name} on tritonserver ({install.origin}) ...", file=sys.stderr)
         with TritonServer(install, repo, [model.name], folder / "work", startup_timeout=300) as server:
@@ -98,13 +99,16 @@ def main() -> int:
                 server.url, model.name, model.input_name, model.output_name, images,
                 LoadOptions(concurrency, requests, 120.0, warmup=16),
             )  # fmt: skip
+        after = in_process(model.model_file, args.threads, 5, iterations)
+    local = {b: (before[b] + after[b]) / 2 for b in before}
     print(f"\n## {ARCH} {'x'.join(map(str, SHAPE))} INT8 (onnxruntime target), ONNX Runtime CPU, {args.threads} threads, "
           f"tritonserver {server.version} Python backend\n")  # fmt: skip
     print("| engine | concurrency / batch | images/s | p50 ms | p99 ms | mean batch | vs in-process b1 | vs in-process b8 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for batch, ips in local.items():
-        ms, vs1, vs8 = batch / ips * 1e3, ips / local[1], ips / local[8]
-        print(f"| in process | batch {batch} | {ips:.1f} | {ms:.2f} | | | {vs1:.2f}x | {vs8:.2f}x |")
+    for when, measured in (("before", before), ("after", after)):
+        for batch, ips in measured.items():
+            ms, vs1, vs8 = batch / ips * 1e3, ips / local[1], ips / local[8]
+            print(f"| in process ({when}) | batch {batch} | {ips:.1f} | {ms:.2f} | | | {vs1:.2f}x | {vs8:.2f}x |")
     for level in levels:
         ips = level["throughput_ips"]
         print(

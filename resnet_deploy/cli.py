@@ -266,13 +266,13 @@ def build(
         from .serving.repository import check_target, model_config_pb2
 
         model_config_pb2()
-        check_target(triton_repo, config.force)
+        check_target(triton_repo, config.force, "--triton-repo")
     report = run_build(config, progress)
     _print_summary(report.as_dict())
     if triton_repo is not None:
         from .serving.repository import write_repository
 
-        _print_repository(write_repository(config.out, triton_repo, force=config.force))
+        _print_repository(write_repository(config.out, triton_repo, force=config.force, option="--triton-repo"))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for warning in report.warnings:

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -45,17 +46,29 @@ def tritonserver():
 
 
 def _servers_of(repo: Path) -> list[int]:
-    """Pids of processes (tritonserver and its Python backend stubs) started for `repo`: read from /proc."""
+    """Pids of the processes serving `repo` (tritonserver, its Python backend stubs), read from /proc."""
     pids = []
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if str(repo) in cmdline and "pytest" not in cmdline and "serve-check" not in cmdline:
+            if any(str(repo) in arg for arg in argv) and "serve-check" not in argv:  # not the CLI that started it
                 pids.append(int(proc.name))
     return pids
+
+
+def test_servers_of_finds_a_process_by_its_arguments(tmp_path):
+    """The helper the cleanup checks rely on sees a process whose arguments name the folder (tmp_path holds 'pytest')."""
+    model = str(tmp_path / "repo" / "m" / "1" / "model.py")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", model])
+    try:
+        assert sleeper.pid in _servers_of(tmp_path / "repo")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert sleeper.pid not in _servers_of(tmp_path / "repo")
 
 
 def test_repository_layout_configs_and_labels(built, workload, tmp_path):
@@ -206,13 +219,18 @@ def test_sigterm_during_serve_check_stops_the_server(tritonserver, built, worklo
          "--models", MODELS[0], "--requests", "1000000", "--seconds", "600", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not _servers_of(repo) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _servers_of(repo), f"no server started: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}"
-    time.sleep(3.0)  # into model loading or the load
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not _servers_of(repo) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _servers_of(repo), f"no server started (exit {proc.poll()})"
+        time.sleep(3.0)  # into model loading or the load
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, stderr
     assert _servers_of(repo) == []
     assert (out / "report.json").read_bytes() == before

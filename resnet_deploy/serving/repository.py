@@ -314,24 +314,26 @@ def parse_config(text: str, where: str):
 # ------------------------------------------------------------------------------------------ writing
 
 
-def check_target(repo: Path, force: bool) -> None:
+def check_target(repo: Path, force: bool, option: str = "--repo") -> None:
     """Refuse an existing --repo without --force (before a build spends minutes), or a file there."""
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
-        raise UserError(f"--repo {repo} is a file; give a folder path")
+        raise UserError(f"{option} {repo} is a file; give a folder path")
     if repo.exists() and not force:
-        raise UserError(f"--repo {repo} already exists; pass --force to replace it, or choose another folder")
+        raise UserError(f"{option} {repo} already exists; pass --force to replace it, or choose another folder")
 
 
-def write_repository(build: Path, repo: Path, options: RepositoryOptions = RepositoryOptions(), force: bool = False) -> Exported:
+def write_repository(
+    build: Path, repo: Path, options: RepositoryOptions = RepositoryOptions(), force: bool = False, option: str = "--repo"
+) -> Exported:
     """One Triton model per engine file of the build in `build`, written to `repo` (replaced only with `force`)."""
-    check_target(repo, force)
+    check_target(repo, force, option)
     models, notes, report = plan_models(build, options)
     labels, label_note = class_labels(report)
     notes += [label_note] if label_note else []
     preferred = list(options.preferred_batch_sizes or batch_sizes(report))
     texts = {m.name: config_text(model_config(m, kind_of(m.backend, options.python_backend), options, preferred)) for m in models}
-    with staged_output_dir(Path(repo), force, option="--repo") as stage:
+    with staged_output_dir(Path(repo), force, option=option) as stage:
         for model in models:
             kind = kind_of(model.backend, options.python_backend)
             folder = stage / model.name
