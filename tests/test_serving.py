@@ -62,8 +62,14 @@ def _servers_of(repo: Path) -> list[int]:
 def test_servers_of_finds_a_process_by_its_arguments(tmp_path):
     """The helper the cleanup checks rely on sees a process whose arguments name the folder (tmp_path holds 'pytest')."""
     model = str(tmp_path / "repo" / "m" / "1" / "model.py")
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", model])
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", model], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
     try:
+        deadline = time.monotonic() + 10
+        while sleeper.pid not in _servers_of(tmp_path / "repo") and sleeper.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sleeper.poll() is None, f"the stand-in process exited: {sleeper.stderr.read()}"
         assert sleeper.pid in _servers_of(tmp_path / "repo")
     finally:
         sleeper.kill()
