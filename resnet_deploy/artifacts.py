@@ -425,7 +425,7 @@ def _signals_deferred() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def staged_output_dir(out: Path, force: bool) -> Iterator[Path]:
+def staged_output_dir(out: Path, force: bool, option: str = "--out") -> Iterator[Path]:
     """Build into a hidden staging folder beside `out`; move it into place only when all went well.
 
     A lock beside `out` makes a second build into the same folder refuse instead of mixing files.
@@ -436,21 +436,22 @@ def staged_output_dir(out: Path, force: bool) -> Iterator[Path]:
 
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder path")
+        raise UserError(f"{option} {out} is a file; give a folder path")
     if out.exists() and not force:
-        raise UserError(f"--out {out} already exists; pass --force to replace it, or choose another folder")
+        raise UserError(f"{option} {out} already exists; pass --force to replace it, or choose another folder")
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         lock_file = open(parent / f".{out.name}.lock", "a+")  # noqa: SIM115 - held for the whole build
     except OSError as exc:
-        raise UserError(f"cannot write beside --out {out} ({exc.strerror}); choose a writable folder") from None
+        raise UserError(f"cannot write beside {option} {out} ({exc.strerror}); choose a writable folder") from None
     with lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(
-                f"another resnet-deploy build is writing {out}; wait for it to finish or choose another --out"
+                f"another resnet-deploy {'build' if option == '--out' else 'run'} is writing {out}; wait for it to finish or "
+                f"choose another {option}"
             ) from None
         # Left by a killed build (we hold the lock): a staging folder, or the previous build set aside
         # by a build killed (SIGKILL) between its two renames, which is put back.
@@ -461,7 +462,7 @@ def staged_output_dir(out: Path, force: bool) -> Iterator[Path]:
         for stale in parent.glob(f".{out.name}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if out.exists() and not force:  # again under the lock: another build may have finished meanwhile
-            raise UserError(f"--out {out} already exists; pass --force to replace it, or choose another folder")
+            raise UserError(f"{option} {out} already exists; pass --force to replace it, or choose another folder")
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
         os.chmod(staging, 0o777 & ~_umask())
         try:

@@ -454,6 +454,64 @@ def _mixed_precision_section(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _draw_serving(models: list[dict[str, Any]]):
+    """Throughput and p99 latency against concurrency, one line per served model."""
+
+    def draw(fig) -> None:
+        left, right = fig.subplots(1, 2)
+        for i, model in enumerate(models):
+            levels = sorted(model["levels"], key=lambda r: r["concurrency"])
+            x = [r["concurrency"] for r in levels]
+            style = {"color": COLORS[i % len(COLORS)], "marker": "o"}
+            left.plot(x, [r.get("throughput_ips") or math.nan for r in levels], label=model["name"], **style)
+            right.plot(x, [r.get("p99_ms") or math.nan for r in levels], label=model["name"], **style)
+        for ax, label in ((left, "images / s"), (right, "p99 latency (ms)")):
+            ax.set_xscale("log", base=2)
+            ticks = sorted({r["concurrency"] for m in models for r in m["levels"]})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.set_xlabel("concurrency (requests in flight, one image each)")
+            ax.set_ylabel(label)
+            ax.set_ylim(bottom=0)
+        right.legend(**LEGEND_OUTSIDE)
+
+    return draw, (10.0, 3.4)
+
+
+def _serving_section(serving: dict[str, Any] | None) -> str:
+    """`resnet-deploy serve-check`: the served models' agreement, latency and throughput per concurrency, a plot."""
+    if not serving:
+        return ""
+    server = serving["server"]
+    header = ["model", "engine", "top-1 agree (served vs in process)", "max abs diff", "concurrency", "requests", "images/s",
+              "p50", "p90", "p99", "queue us", "compute us", "mean batch", "batch sizes"]  # fmt: skip
+    rows = []
+    for model in serving["models"]:
+        a = model["agreement"]
+        verdict = f'<span class="{"pass" if a["passed"] else "fail"}">{_pct(a["top1_agreement"])}</span>'
+        for i, level in enumerate(model["levels"]):
+            s = level["server"]
+            first = (
+                [_esc(model["name"]), _esc(model["engine"]), verdict, _num(a.get("max_abs_diff"), ".3g")] if i == 0 else [""] * 4
+            )
+            sizes = ", ".join(f"{k}: {v}" for k, v in (s.get("batch_sizes") or {}).items())
+            rows.append(first + [
+                str(level["concurrency"]), _esc(level.get("requests", "")), _num(level.get("throughput_ips"), ".1f"),
+                _num(level.get("p50_ms"), ".2f"), _num(level.get("p90_ms"), ".2f"), _num(level.get("p99_ms"), ".2f"),
+                _num(s.get("queue_us"), ".0f"), _num(s.get("compute_us"), ".0f"), _num(s.get("mean_batch"), ".2f"), _esc(sizes),
+            ])  # fmt: skip
+    failures = "".join(f'<p class="fail">{_esc(f)}</p>' for f in serving.get("failures", []))
+    draw, size = _draw_serving(serving["models"])
+    figure = _Plots().render("serving", "served throughput and p99 latency against concurrency", draw, size)
+    return (
+        f"<h2>Serving (Triton)</h2><p>tritonserver {_esc(server.get('version') or '?')} ({_esc(server['origin'])}), "
+        f"repository <code>{_esc(serving.get('repository', ''))}</code>; gRPC, one image per request. Queue and compute "
+        "times are Triton's statistics per request; mean batch is the images per execution the dynamic batcher formed.</p>"
+        + failures
+        + _table(header, rows, text_columns=2)
+        + figure
+    )
+
+
 def _layers_section(layers: dict[str, Any] | None, heading: str = "h2") -> str:
     """`resnet-deploy layers` results (layers.json): the bar chart and the table, most sensitive first."""
     if not layers:
@@ -527,6 +585,7 @@ def render_html(report: dict[str, Any], gates: dict[str, Any] | None = None, lay
             _latency_section(report),
             _plots_section(report),
             _mixed_precision_section(report),
+            _serving_section(report.get("serving")),
             _layers_section(layers),
             _environment_section(report),
             _notes_section(report),

@@ -324,7 +324,25 @@ class _Shape:
                     self.mixed_precision(quantization["mixed_precision"], f"engines[{i}].quantization.mixed_precision")
         if data.get("gates") is not None:
             self.gates(data["gates"])
+        if data.get("serving") is not None:
+            self.serving(data["serving"])
         return data
+
+    def serving(self, serving: Any) -> None:
+        """What report.md / report.html read of `resnet-deploy serve-check`'s section."""
+        serving = self.dict(serving, "serving")
+        self.rows([serving.get("server")], "serving.server", ("binary", "origin"), ())
+        self.strings(serving.get("failures"), "serving.failures")
+        for i, model in enumerate(self.list(serving.get("models"), "serving.models")):
+            where = f"serving.models[{i}]"
+            self.rows([model], where, ("name", "engine", "backend"), ())
+            self.rows([model.get("agreement")], f"{where}.agreement", (), ("images", "top1_agreement", "tolerance", "?",
+                      "max_abs_diff"), ("passed",))  # fmt: skip
+            levels = ("concurrency", "requests", "seconds", "?", "throughput_ips", "p50_ms", "p90_ms", "p99_ms", "mean_ms")
+            self.rows(model.get("levels"), f"{where}.levels", (), levels)
+            for j, level in enumerate(model["levels"]):
+                server = ("requests", "inferences", "executions", "?", "queue_us", "compute_us", "compute_infer_us", "mean_batch")
+                self.rows([level.get("server")], f"{where}.levels[{j}].server", (), server)
 
     def rows(self, value: Any, where: str, strings: tuple[str, ...], numbers: tuple[str, ...], flags: tuple[str, ...] = ()):
         """Each item of a list: an object whose `strings` keys are strings, `numbers` numbers (null allowed for the
@@ -651,6 +669,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines += ["", "GPU engines: end-to-end time with host copies (GPU compute time alone in brackets)."]
     lines += _precision_section(report)
     lines += _mixed_precision_section(report)
+    lines += _serving_section(report.get("serving"))
     if report.get("stages"):
         lines += ["", "## Stages (wall seconds)", ""]
         lines += [f"- {name}: {seconds:.1f}" for name, seconds in report["stages"].items()]
@@ -743,4 +762,44 @@ def _mixed_precision_section(report: dict[str, Any]) -> list[str]:
         ]
         for i, step in enumerate(search["steps"], 1):
             lines.append(f"| {i} | {step['phase']} | {len(step['excluded'])} | {_step_cells(step)} |")
+    return lines
+
+
+def _serving_section(serving: dict[str, Any] | None) -> list[str]:
+    """`resnet-deploy serve-check`: agreement of the served logits, and latency and throughput per concurrency."""
+    if not serving:
+        return []
+    server, client = serving["server"], serving.get("client", {})
+    lines = [
+        "",
+        "## Serving (Triton)",
+        "",
+        f"- server: tritonserver {server.get('version') or '?'} ({server['origin']}: `{server['binary']}`); repository "
+        f"`{serving.get('repository', '?')}`",
+        f"- client: tritonclient {client.get('protocol', 'grpc')}, {client.get('images_per_request', 1)} image per request, "
+        f"concurrency {client.get('concurrency')}, at most {client.get('requests_per_level')} requests and "
+        f"{client.get('seconds_per_level')} s per level",
+        "",
+        "| model | engine | served vs in process: top-1 agree | max abs diff | concurrency | img/s | p50 ms | p90 ms | p99 ms "
+        "| queue us | compute us | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in serving["models"]:
+        a = model["agreement"]
+        check = f"{_pct(a['top1_agreement'])}" + ("" if a["passed"] else " **FAILED**")
+        for i, level in enumerate(model["levels"]):
+            s = level["server"]
+            first = [model["name"], model["engine"], check, _num(a.get("max_abs_diff"))] if i == 0 else ["", "", "", ""]
+            cells = first + [
+                str(level["concurrency"]), _num(level.get("throughput_ips"), ".1f"), _num(level.get("p50_ms"), ".2f"),
+                _num(level.get("p90_ms"), ".2f"), _num(level.get("p99_ms"), ".2f"), _num(s.get("queue_us"), ".0f"),
+                _num(s.get("compute_us"), ".0f"), _num(s.get("mean_batch"), ".2f"),
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Queue and compute: Triton's statistics per request (compute = input + inference + output); mean batch: the "
+        "images per execution the dynamic batcher formed.",
+    ]
+    lines += [f"- **FAILED**: {f}" for f in serving.get("failures", [])]
     return lines
