@@ -1,7 +1,9 @@
 """CPU engines side by side: ResNet-50 at 224x224 (random weights), and the cost of making the INT8 models.
 
-    python benchmarks/cpu_engines.py            # the full run (a few minutes; ModelOpt's own calibration ~2 min)
-    python benchmarks/cpu_engines.py --quick    # a smoke run: fewer iterations and calibration images
+    python benchmarks/cpu_engines.py                          # the full run (several minutes)
+    python benchmarks/cpu_engines.py --no-latency --no-modelopt  # part 2 only: the INT8 step against its goal
+    python benchmarks/cpu_engines.py --quick                  # a smoke run: fewer iterations and calibration images
+    python benchmarks/cpu_engines.py --no-latency --profile prof/   # also cProfile the statistics pass and both quantizers
 
 Part 1, latency. Engines: PyTorch eager FP32, PyTorch with BatchNorm folded, then each ONNX model on ONNX
 Runtime and on OpenVINO: FP32, INT8 for the onnxruntime target (U8S8), INT8 for the tensorrt target (S8S8),
@@ -20,20 +22,30 @@ batch size (<= 1.00 means no slower). Last, what OpenVINO executes for each mode
 graph, compute layers by precision): the structural comparison of the INT8 recipes, which timing noise
 cannot blur.
 
-Part 2, the INT8 quantize step with N calibration images (entropy): our one statistics pass plus both
-quantizers, against one plain FP32 pass over the same images, against ModelOpt's own entropy calibration
-(`modelopt.onnx.quantization.quantize`, which calibrates inside ONNX Runtime's calibrator) and against
-NNCF's own quantization (`nncf.quantize`, min-max statistics plus fast bias correction), which part 1 runs.
+Part 2, the INT8 quantize step with N calibration images (entropy), as the build runs it: our one
+statistics pass plus both quantizers (the tensorrt one in the ModelOpt worker process, which the build
+starts before folding, so its imports are timed apart), against one plain FP32 pass over the same images
+(the floor), against ModelOpt's own entropy calibration (`modelopt.onnx.quantization.quantize`, which
+calibrates inside ONNX Runtime's calibrator) and against NNCF's own quantization (`nncf.quantize`,
+min-max statistics plus fast bias correction), which part 1 runs. The goal: the whole INT8 step for both
+targets at most 1.5x the floor and faster than NNCF. `--profile DIR` writes cProfile profiles of the
+statistics pass and of each quantizer (run again after the timed runs, so profiling slows no timing) as
+DIR/<step>.prof (for `python -m pstats`, snakeviz, ...) with the top functions in DIR/<step>.txt.
 
-Numbers depend on the machine and on what else runs on it: run on a quiet machine.
+What this CPU cannot run (`openvino-bf16` without bfloat16 instructions) is left out with one line saying why.
+`--arch` and `--input-size` make the smoke run small (the test of this script uses them). Numbers depend
+on the machine and on what else runs on it: run on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import cProfile
+import io
 import multiprocessing
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -45,13 +57,22 @@ import torch
 from resnet_deploy.calibration.calibrate import CalibrationSet, calibrate
 from resnet_deploy.calibration.fp16 import convert_fp16
 from resnet_deploy.calibration.methods import CalibrationOptions
-from resnet_deploy.calibration.quantize import captured_output, quantize_int8
-from resnet_deploy.config import OpenVINOOptions, ShapeMode, Target
+from resnet_deploy.calibration.quantize import (
+    ModelOptSession,
+    captured_output,
+    make_int8,
+    quantize_int8,
+    tensorrt_int8_meanwhile,
+    write_int8,
+)
+from resnet_deploy.calibration.statistics import collect_statistics
+from resnet_deploy.config import OpenVINOOptions, ShapeMode, Target, parse_input_size
 from resnet_deploy.data import NpzDataset
 from resnet_deploy.engines.base import Runner
-from resnet_deploy.engines.openvino import OpenVINORunner, executed
+from resnet_deploy.engines.openvino import OpenVINORunner, executed, require_bf16
 from resnet_deploy.engines.ort import OrtRunner
 from resnet_deploy.engines.pytorch import PyTorchRunner
+from resnet_deploy.errors import MissingDependency
 from resnet_deploy.models import create_model, load_model, resolve_arch
 from resnet_deploy.pipeline.benchmark import make_batch, time_calls
 from resnet_deploy.pipeline.export import export_onnx
@@ -59,6 +80,7 @@ from resnet_deploy.pipeline.fold import fold_and_verify
 
 ARCH = "resnet50"
 SHAPE = (3, 224, 224)
+GOAL = 1.5  # the whole INT8 step for both targets: at most this many plain FP32 passes (and faster than NNCF)
 
 
 def conv_gemm_macs(onnx_path: Path) -> int:
@@ -83,40 +105,65 @@ def conv_gemm_macs(onnx_path: Path) -> int:
     return macs
 
 
-def prepare(folder: Path, calib_images: int, threads: int):
-    """Random-weight ResNet-50 -> folded -> FP32 ONNX; a .npz of random calibration images."""
+def prepare(folder: Path, calib_images: int, threads: int, arch: str = ARCH, shape: tuple[int, int, int] = SHAPE):
+    """Random-weight `arch` (ResNet-50) -> folded -> FP32 ONNX; a .npz of random calibration images."""
     torch.manual_seed(0)
-    weights = folder / "resnet50.pth"
-    torch.save(create_model(resolve_arch(ARCH), 1000).state_dict(), weights)
-    model = load_model(ARCH, weights)
+    weights = folder / f"{arch}.pth"
+    torch.save(create_model(resolve_arch(arch), 1000).state_dict(), weights)
+    model = load_model(arch, weights, input_size=shape)
     rng = np.random.default_rng(0)
-    check = rng.standard_normal((4, *SHAPE), dtype=np.float32)
+    check = rng.standard_normal((4, *shape), dtype=np.float32)
     folded, _ = fold_and_verify(model, check)
     fp32 = export_onnx(folded, model.info, check, folder / "model.fp32.onnx")
-    images = rng.standard_normal((calib_images, *SHAPE), dtype=np.float32)
+    images = rng.standard_normal((calib_images, *shape), dtype=np.float32)
     np.savez(folder / "calib.npz", images=images)
-    return model, folded, fp32, NpzDataset.open(folder / "calib.npz", SHAPE, option="--calib-data")
+    return model, folded, fp32, NpzDataset.open(folder / "calib.npz", shape, option="--calib-data")
 
 
-def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt: bool):
-    """Seconds for: a plain FP32 pass, our statistics pass, each quantizer; ModelOpt's and NNCF's own flows."""
+FLOOR = "one FP32 pass (the floor)"
+WORKER = "ModelOpt worker start (its imports; the build starts it before folding)"
+STATISTICS = "statistics pass"
+BOTH = "quantize both targets (ranges given), the tensorrt one in the worker meanwhile, as the build does"
+WHOLE = "the whole INT8 step: statistics + both targets"
+OWN_MODELOPT = "ModelOpt's own entropy calibration (tensorrt only)"
+NNCF = "NNCF's own quantization (OpenVINO IR, the peer)"
+
+
+def quantize_label(target: Target) -> str:
+    return f"quantize {target} alone (ranges given; after the above, so shape inference of the FP32 ONNX is cached)"
+
+
+def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt: bool, profile: Path | None):
+    """Seconds for: a plain FP32 pass, the INT8 step as the build runs it (statistics pass, each quantizer), and
+    ModelOpt's and NNCF's own flows; with `profile`, cProfile files of our steps (run again, untimed)."""
     seconds: dict[str, float] = {}
     with OrtRunner(fp32.path, "fp32-pass", "fp32", threads=threads) as runner:
         started = time.perf_counter()
         for batch in dataset.iter_batches(8):
             runner.infer(batch.images)
-        seconds["one FP32 pass (reference)"] = time.perf_counter() - started
+        seconds[FLOOR] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    calibration = calibrate(fp32, CalibrationSet.draw(dataset, len(dataset), 0), CalibrationOptions(), threads)
-    seconds["statistics pass"] = time.perf_counter() - started
-    example = dataset.select([0])
-    image = next(iter(example.iter_batches(1))).images
-    for target in Target:
+    image = next(iter(dataset.select([0]).iter_batches(1))).images
+    with ModelOptSession() as session, tempfile.TemporaryDirectory(dir=folder) as tmp:
         started = time.perf_counter()
-        quantize_int8(fp32, calibration, target, folder / f"model.int8-{target}.onnx", image)
-        seconds[f"quantize {target} (ranges given)"] = time.perf_counter() - started
-    seconds["ours: statistics + both targets"] = sum(v for k, v in seconds.items() if k.startswith(("statistics", "quantize")))
+        session.wait_ready()
+        seconds[WORKER] = time.perf_counter() - started
+        started = time.perf_counter()
+        calibration = calibrate(fp32, CalibrationSet.draw(dataset, len(dataset), 0), CalibrationOptions(), threads)
+        seconds[STATISTICS] = time.perf_counter() - started
+        started = time.perf_counter()  # as the build makes them: the tensorrt target in the worker meanwhile
+        with tensorrt_int8_meanwhile(fp32, calibration, [], image, False, session) as tensorrt:
+            made = make_int8(fp32, calibration, Target.ONNXRUNTIME, [], image, Path(tmp))
+            write_int8(fp32, calibration, Target.ONNXRUNTIME, made, folder / "model.int8-onnxruntime.onnx", [])
+            write_int8(fp32, calibration, Target.TENSORRT, tensorrt.result(), folder / "model.int8-tensorrt.onnx", [])
+        seconds[BOTH] = time.perf_counter() - started
+        for target in Target:  # and each alone
+            started = time.perf_counter()
+            quantize_int8(fp32, calibration, target, Path(tmp) / f"alone-{target}.onnx", image, session=session)
+            seconds[quantize_label(target)] = time.perf_counter() - started
+    seconds[WHOLE] = seconds[STATISTICS] + seconds[BOTH]
+    if profile is not None:
+        profile_steps(fp32, dataset, calibration, image, folder, threads, profile)
     data = np.concatenate([b.images for b in dataset.iter_batches(64)])
     if with_modelopt:
         import modelopt.onnx.quantization as moq
@@ -133,11 +180,63 @@ def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt:
                 output_path=str(folder / "model.int8-modelopt-own.onnx"),
                 log_level="ERROR",
             )
-        seconds["ModelOpt's own entropy calibration (tensorrt only)"] = time.perf_counter() - started
+        seconds[OWN_MODELOPT] = time.perf_counter() - started
     started = time.perf_counter()
     nncf_quantize(fp32.path, data, folder / NNCF_IR)
-    seconds["NNCF's own quantization (OpenVINO IR, the peer)"] = time.perf_counter() - started
+    seconds[NNCF] = time.perf_counter() - started
     return seconds
+
+
+def profile_steps(fp32, dataset, calibration, image: np.ndarray, folder: Path, threads: int, out: Path) -> None:
+    """cProfile of the statistics pass and of each quantizer: OUT/<step>.prof, and OUT/<step>.txt (top functions).
+
+    The tensorrt quantizer is profiled in this process: the job the ModelOpt worker would get, run directly.
+    """
+    from resnet_deploy.calibration import modelopt_worker
+    from resnet_deploy.calibration.graph import excluded_nodes, load_onnx
+    from resnet_deploy.calibration.quantize import write_trt_cache
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = folder / "profiled"
+    work.mkdir(exist_ok=True)
+    np.save(work / "example.npy", image[:1])
+    write_trt_cache(calibration, work / "calib.cache")
+    job = {
+        "onnx_path": str(fp32.path),
+        "cache": str(work / "calib.cache"),
+        "example": str(work / "example.npy"),
+        "input_name": fp32.input_name,
+        "nodes_to_exclude": [],
+        "output_path": str(work / "model.int8-tensorrt.onnx"),
+    }
+    modelopt_worker.import_modelopt()  # not part of the job (the worker imports it once, at its start)
+    excluded = excluded_nodes(load_onnx(fp32.path), None)
+    steps = {
+        "statistics": lambda: collect_statistics(fp32.path, fp32.input_name, dataset, threads),
+        "quantize-onnxruntime": lambda: make_int8(fp32, calibration, Target.ONNXRUNTIME, excluded, image, work),
+        "quantize-tensorrt": lambda: modelopt_worker.quantize_job(job),
+    }
+    for name, step in steps.items():
+        profiler = cProfile.Profile()
+        profiler.runcall(step)
+        profiler.dump_stats(out / f"{name}.prof")
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(40)
+        (out / f"{name}.txt").write_text(text.getvalue(), encoding="utf-8")
+        print(f"  profile of {name}: {out / name}.prof", file=sys.stderr)
+
+
+def print_quantize_step(seconds: dict[str, float]) -> None:
+    floor = seconds[FLOOR]
+    for name, value in seconds.items():
+        ratio = f" ({value / floor:.2f}x the floor)" if name in (STATISTICS, WHOLE, OWN_MODELOPT, NNCF) else ""
+        print(f"- {name}: {value:.1f} s{ratio}")
+    whole, nncf = seconds[WHOLE], seconds[NNCF]
+    met = whole <= GOAL * floor and whole < nncf
+    print(
+        f"- goal, the whole INT8 step for both targets at most {GOAL:.2f}x one FP32 pass and faster than NNCF: "
+        f"{whole / floor:.2f}x, {whole / nncf:.2f} of NNCF's time ({'met' if met else 'NOT MET'})"
+    )
 
 
 NNCF_IR = "model.int8-nncf.xml"
@@ -164,9 +263,9 @@ class OpenVINOPeer(Runner):
 
     backend = "openvino"
 
-    def __init__(self, xml_path: Path, name: str, threads: int, static: bool) -> None:
+    def __init__(self, xml_path: Path, name: str, threads: int, static: bool, shape: tuple[int, int, int] = SHAPE) -> None:
         super().__init__(name, "int8", "openvino")
-        self.xml_path, self.threads, self.static = xml_path, threads, static
+        self.xml_path, self.threads, self.static, self.shape = xml_path, threads, static, shape
 
     def _activate(self) -> None:
         import openvino as ov
@@ -184,7 +283,7 @@ class OpenVINOPeer(Runner):
             model = self._model
             if self.static:
                 model = model.clone()
-                model.reshape([batch_size, *SHAPE])
+                model.reshape([batch_size, *self.shape])
             compiled = self._core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": self.threads})
             self._requests[key] = compiled.create_infer_request()
             self.inference_precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
@@ -195,25 +294,32 @@ class OpenVINOPeer(Runner):
         return self._requests[len(batch) if self.static else None].infer({0: batch}, share_inputs=True)[0]
 
 
-def engines(model, folded, folder: Path, fp32, threads: int, calibration) -> list[Runner]:
+def engines(model, folded, folder: Path, fp32, threads: int, calibration, shape: tuple[int, int, int] = SHAPE) -> list[Runner]:
+    """Every engine of part 1 this CPU can run; each one it cannot is left out with a line saying why."""
     fp16 = convert_fp16(fp32, calibration, folder / "model.fp16.onnx")
     int8 = folder / "model.int8-onnxruntime.onnx"
     int8_trt = folder / "model.int8-tensorrt.onnx"
     ov, dynamic = OpenVINOOptions(), OpenVINOOptions(shapes=ShapeMode.DYNAMIC)
+    try:
+        require_bf16("openvino-bf16")
+        bf16 = [OpenVINORunner(fp32.path, "openvino-bf16", "bf16", threads=threads, options=ov)]
+    except MissingDependency as exc:  # the message ends with the hint for the CLI option
+        print(f"- left out {str(exc).rsplit('; ', 1)[0]}")
+        bf16 = []
     return [
         PyTorchRunner(model.module, "pytorch-eager-fp32", threads),
         PyTorchRunner(folded, "pytorch-bn-folded-fp32", threads),
         OrtRunner(fp32.path, "onnxruntime-fp32", "fp32", threads=threads),
         OpenVINORunner(fp32.path, "openvino-fp32", "fp32", threads=threads, options=ov),
         OpenVINORunner(fp32.path, DYNAMIC_FP32, "fp32", threads=threads, options=dynamic),
-        OpenVINORunner(fp32.path, "openvino-bf16", "bf16", threads=threads, options=ov),
+        *bf16,
         OrtRunner(int8, "onnxruntime-int8", "int8", "onnxruntime", threads=threads),
         OpenVINORunner(int8, "openvino-int8", "int8", "onnxruntime", threads=threads, options=ov),
         OpenVINORunner(int8, DYNAMIC_INT8, "int8", "onnxruntime", threads=threads, options=dynamic),
         OrtRunner(int8_trt, "onnxruntime-int8-tensorrt", "int8", "tensorrt", threads=threads),
         OpenVINORunner(int8_trt, "openvino-int8-tensorrt", "int8", "tensorrt", threads=threads, options=ov),
-        OpenVINOPeer(folder / NNCF_IR, PEER_DYNAMIC, threads, static=False),
-        OpenVINOPeer(folder / NNCF_IR, PEER_STATIC, threads, static=True),
+        OpenVINOPeer(folder / NNCF_IR, PEER_DYNAMIC, threads, static=False, shape=shape),
+        OpenVINOPeer(folder / NNCF_IR, PEER_STATIC, threads, static=True, shape=shape),
         OrtRunner(fp16.path, "onnxruntime-fp16", "fp16", threads=threads),
         OpenVINORunner(fp16.path, "openvino-fp16", "fp16", threads=threads, options=ov),
     ]
@@ -225,9 +331,11 @@ PEER_DYNAMIC = "peer: openvino+nncf (as read)"
 PEER_STATIC = "peer: openvino+nncf (static)"
 
 
-def run_rounds(runners: list[Runner], batch_sizes, rounds: int, warmup: int, iterations: int) -> dict:
+def run_rounds(
+    runners: list[Runner], batch_sizes, rounds: int, warmup: int, iterations: int, shape: tuple[int, int, int] = SHAPE
+) -> dict:
     """All timed calls per (engine, batch size), each engine in its own warmed block, blocks in rounds."""
-    images = np.random.default_rng(1).standard_normal((max(batch_sizes), *SHAPE), dtype=np.float32)
+    images = np.random.default_rng(1).standard_normal((max(batch_sizes), *shape), dtype=np.float32)
     samples: dict[tuple[str, int], list[float]] = {}
     for round_index in range(rounds):
         start = round_index * len(runners) // rounds  # each round starts elsewhere: no engine always follows the same one
@@ -310,36 +418,39 @@ def main() -> int:
     parser.add_argument("--calib-images", type=int, default=512, help="calibration images for part 2 (default 512)")
     parser.add_argument("--no-modelopt", action="store_true", help="skip timing ModelOpt's own calibration")
     parser.add_argument("--no-latency", action="store_true", help="only part 2")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="write cProfile profiles of part 2's steps into DIR")
+    parser.add_argument("--arch", default=ARCH, help=f"the model (random weights; default {ARCH})")
+    parser.add_argument("--input-size", type=parse_input_size, default=SHAPE, help="CxHxW (default 3x224x224)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.iterations, args.warmup, args.calib_images = 1, 5, 2, min(args.calib_images, 64)
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    shape = tuple(args.input_size)
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-bench-") as tmp:
         folder = Path(tmp)
-        print(f"preparing {ARCH} (random weights) and {args.calib_images} calibration images ...", file=sys.stderr)
-        model, folded, fp32, dataset = prepare(folder, args.calib_images, args.threads)
+        print(f"preparing {args.arch} (random weights) and {args.calib_images} calibration images ...", file=sys.stderr)
+        model, folded, fp32, dataset = prepare(folder, args.calib_images, args.threads, args.arch, shape)
         macs = conv_gemm_macs(fp32.path)
 
-        print(f"\n## INT8 quantize step: {args.calib_images} images, entropy, {args.threads} threads\n")
+        print(f"\n## INT8 quantize step: {args.arch}, {args.calib_images} images, entropy, {args.threads} threads\n")
         # In a child process: ModelOpt and NNCF change process-wide state when imported and run (ONNX Runtime's
         # quantizer registries, thread pools), which slowed every engine timed after them in the same process
         # by 5-20%, unevenly. The child writes the INT8 models and NNCF's IR into `folder` for part 1.
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            seconds = pool.submit(time_quantize_step, fp32, dataset, folder, args.threads, not args.no_modelopt).result()
-        for name, value in seconds.items():
-            print(f"- {name}: {value:.1f} s")
-        calibration = calibrate(fp32, CalibrationSet.draw(dataset, len(dataset), 0), CalibrationOptions(), args.threads)
+            step = pool.submit(time_quantize_step, fp32, dataset, folder, args.threads, not args.no_modelopt, args.profile)
+            print_quantize_step(step.result())
 
         if not args.no_latency:
-            runners = engines(model, folded, folder, fp32, args.threads, calibration)
+            calibration = calibrate(fp32, CalibrationSet.draw(dataset, len(dataset), 0), CalibrationOptions(), args.threads)
+            runners = engines(model, folded, folder, fp32, args.threads, calibration, shape)
             print(
-                f"\n## Latency: {ARCH} {'x'.join(map(str, SHAPE))}, {macs / 1e9:.2f} GMAC/image, {args.threads} threads, "
+                f"\n## Latency: {args.arch} {'x'.join(map(str, shape))}, {macs / 1e9:.2f} GMAC/image, {args.threads} threads, "
                 f"{args.rounds} rounds x {args.iterations} calls\n"
             )
-            samples = run_rounds(runners, batch_sizes, args.rounds, args.warmup, args.iterations)
+            samples = run_rounds(runners, batch_sizes, args.rounds, args.warmup, args.iterations, shape)
             print_latency(samples, runners, batch_sizes, macs)
             print_goal(samples, runners, batch_sizes)
             print_executed(runners)

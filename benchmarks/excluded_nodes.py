@@ -3,6 +3,7 @@ kept in FP32, ResNet-50 at 224x224 (random weights), batch 1, side by side in on
 
     python benchmarks/excluded_nodes.py            # the full run (a few minutes)
     python benchmarks/excluded_nodes.py --quick    # a smoke run: one round, few calls
+    # --arch and --input-size make the smoke run small (the test of this script uses them)
 
 Which nodes: the most sensitive first, as `resnet-deploy layers` and the mixed-precision search rank them
 (the SQNR each quantized node adds, measured on --sqnr-images calibration images; lowest first), so each
@@ -27,14 +28,14 @@ from pathlib import Path
 import cpu_engines
 import numpy as np
 import torch
-from cpu_engines import SHAPE, prepare
+from cpu_engines import ARCH, SHAPE, prepare
 
 from resnet_deploy.calibration.calibrate import CalibrationSet, calibrate
 from resnet_deploy.calibration.graph import load_onnx, module_path, quantized_nodes
 from resnet_deploy.calibration.methods import CalibrationOptions
 from resnet_deploy.calibration.quantize import make_int8
 from resnet_deploy.calibration.sensitivity import node_errors, ranked_by_sqnr
-from resnet_deploy.config import Target
+from resnet_deploy.config import Target, parse_input_size
 from resnet_deploy.engines.ort import OrtRunner
 
 COUNTS = (0, 1, 2, 4, 8)
@@ -62,7 +63,7 @@ def models(fp32, dataset, folder: Path, threads: int, sqnr_images: int) -> tuple
     return made, about
 
 
-def run_rounds(made, threads: int, rounds: int, warmup: int, iterations: int) -> dict[str, list[float]]:
+def run_rounds(made, threads: int, rounds: int, warmup: int, iterations: int, shape=SHAPE) -> dict[str, list[float]]:
     """cpu_engines.run_rounds at batch 1 over one ONNX Runtime runner per model: name -> timed calls (ms)."""
     runners = [
         OrtRunner(path, name, "fp32", threads=threads)
@@ -70,7 +71,8 @@ def run_rounds(made, threads: int, rounds: int, warmup: int, iterations: int) ->
         else OrtRunner(path, name, "int8", "onnxruntime", threads=threads)
         for name, path, _ in made
     ]
-    return {name: timed for (name, _), timed in cpu_engines.run_rounds(runners, (1,), rounds, warmup, iterations).items()}
+    timed_calls = cpu_engines.run_rounds(runners, (1,), rounds, warmup, iterations, shape)
+    return {name: timed for (name, _), timed in timed_calls.items()}
 
 
 def main() -> int:
@@ -82,21 +84,24 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every model")
     parser.add_argument("--calib-images", type=int, default=128, help="calibration images (random; default 128)")
     parser.add_argument("--sqnr-images", type=int, default=8, help="images the SQNR ranking runs on (default 8)")
+    parser.add_argument("--arch", default=ARCH, help=f"the model (random weights; default {ARCH})")
+    parser.add_argument("--input-size", type=parse_input_size, default=SHAPE, help="CxHxW (default 3x224x224)")
     args = parser.parse_args()
+    shape = tuple(args.input_size)
     if args.quick:
         args.rounds, args.iterations, args.warmup, args.calib_images, args.sqnr_images = 1, 5, 2, 16, 4
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-bench-") as tmp:
         folder = Path(tmp)
-        print(f"preparing resnet50 (random weights) and {args.calib_images} calibration images ...", file=sys.stderr)
-        _, _, fp32, dataset = prepare(folder, args.calib_images, args.threads)
+        print(f"preparing {args.arch} (random weights) and {args.calib_images} calibration images ...", file=sys.stderr)
+        _, _, fp32, dataset = prepare(folder, args.calib_images, args.threads, args.arch, shape)
         made, about = models(fp32, dataset, folder, args.threads, args.sqnr_images)
-        samples = run_rounds(made, args.threads, args.rounds, args.warmup, args.iterations)
+        samples = run_rounds(made, args.threads, args.rounds, args.warmup, args.iterations, shape)
 
     full = float(np.median(samples["int8, 0 in fp32"]))
     print(
-        f"\n## ResNet-50 {'x'.join(map(str, SHAPE))}, ONNX Runtime CPU, batch 1, {args.threads} threads, "
+        f"\n## {args.arch} {'x'.join(map(str, shape))}, ONNX Runtime CPU, batch 1, {args.threads} threads, "
         f"{args.rounds} rounds x {args.iterations} calls\n"
     )
     print("| model | nodes kept in FP32 | median ms | vs full INT8 |")

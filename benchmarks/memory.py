@@ -11,6 +11,7 @@ round-robin into class folders of the requested size; the model is the ResNet-18
 
     .venv/bin/python benchmarks/memory.py                  # 1000 and 10000 images, in a temporary folder
     .venv/bin/python benchmarks/memory.py --sizes 1000,10000,30000 --repeat 1 --work /tmp/mem --trace
+    .venv/bin/python benchmarks/memory.py --quick          # a smoke run: 40 and 80 images, one run each
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each command per size")
     parser.add_argument("--trace", action="store_true", help="also sample the RSS of one validate over time")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 40 and 80 images, one run of each command")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.repeat = "40,80", 1
     sizes = [int(s) for s in args.sizes.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="resnet-deploy-memory-"))
     work.mkdir(parents=True, exist_ok=True)

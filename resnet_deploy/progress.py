@@ -6,7 +6,7 @@ Stages take a `Progress` and never check for terminals themselves; the CLI picks
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -15,7 +15,16 @@ T = TypeVar("T")
 class Progress:
     """Silent: iterates without drawing and drops status lines. The default for the Python API."""
 
-    def track(self, iterable: Iterable[T], total: int | None, description: str) -> Iterator[T]:
+    def track(
+        self,
+        iterable: Iterable[T],
+        total: int | None,
+        description: str,
+        unit: str | None = None,
+        size: Callable[[T], int] | None = None,
+    ) -> Iterator[T]:
+        """Each item of `iterable`, advancing a bar of `total` by `size(item)` (1 without `size`); with a
+        `unit` (e.g. "images") the bar also shows the rate, in units per second."""
         yield from iterable
 
     def log(self, message: str) -> None:
@@ -29,22 +38,23 @@ class Progress:
 
 
 class RichProgress(Progress):
-    """Bars on stderr when it is a terminal; status lines on stderr always."""
+    """Bars on stderr when it is a terminal; status lines on stderr always (or both on `console`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, console=None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as _Progress
 
-        self.console = Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False)
         self._bars = _Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[rate]}"),
             console=self.console,
             transient=True,
-            disable=not sys.stderr.isatty(),
+            disable=not (self.console.is_terminal if console else sys.stderr.isatty()),
         )
 
     def __enter__(self) -> "RichProgress":
@@ -54,12 +64,22 @@ class RichProgress(Progress):
     def __exit__(self, *exc_info: object) -> None:
         self._bars.stop()
 
-    def track(self, iterable: Iterable[T], total: int | None, description: str) -> Iterator[T]:
-        task = self._bars.add_task(description, total=total)
+    def track(
+        self,
+        iterable: Iterable[T],
+        total: int | None,
+        description: str,
+        unit: str | None = None,
+        size: Callable[[T], int] | None = None,
+    ) -> Iterator[T]:
+        task = self._bars.add_task(description, total=total, rate="")
         try:
             for item in iterable:
                 yield item
-                self._bars.advance(task)
+                self._bars.advance(task, size(item) if size else 1)
+                speed = next(t.speed for t in self._bars.tasks if t.id == task) if unit else None
+                if speed:
+                    self._bars.update(task, rate=f"{speed:.1f} {unit}/s")
         finally:
             self._bars.remove_task(task)
 

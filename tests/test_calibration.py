@@ -4,6 +4,7 @@ implementations, the calibration draw, and calib.json as a cache (reused, and in
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 
@@ -20,7 +21,7 @@ from resnet_deploy.calibration.methods import (
     parse_method,
     percentile_amax,
 )
-from resnet_deploy.calibration.statistics import StatisticsPlan, sample_stride
+from resnet_deploy.calibration.statistics import BATCH_SIZE, StatisticsPlan, TensorStatistics, sample_stride
 from resnet_deploy.data import open_dataset
 from resnet_deploy.errors import UserError
 
@@ -100,24 +101,29 @@ def test_sample_stride_is_prime_and_coprime_with_the_shape():
 
 
 def test_statistics_match_an_independent_pass(fp32_onnx, calib_dataset, calibration):
-    """min/max of every measured tensor equal those of a plain ORT run with the tensor as an output."""
+    """min/max and histogram of every measured tensor equal those of a plain ORT run with the tensor as an output,
+    reduced and sampled in numpy (the first version of the pass: the in-graph statistics must not diverge from it)."""
     import onnx
     import onnxruntime as ort
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_onnx.path)))
     plan = StatisticsPlan.of(model)
-    names = [n for n in plan.measured if n not in plan.inputs]
+    names = [n for n in plan.measured if n not in {i.name for i in model.graph.input}]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     low = {n: np.inf for n in plan.measured}
     high = {n: -np.inf for n in plan.measured}
+    histograms = {n: TensorStatistics() for n in plan.measured}
     images = 0
-    for batch in calib_dataset.iter_batches(64):
+    for index, batch in enumerate(calib_dataset.iter_batches(BATCH_SIZE)):
         images += len(batch.images)
         outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input": batch.images})))
         outputs["input"] = batch.images
-        for n in plan.measured:
+        for n, stride in plan.measured.items():
             low[n], high[n] = min(low[n], outputs[n].min()), max(high[n], outputs[n].max())
+            batch_low = min(0.0, outputs[n].max()) if n in plan.nonnegative else outputs[n].min()
+            batch_amax = max(abs(float(batch_low)), abs(float(outputs[n].max())))
+            histograms[n].add_sample(np.array(outputs[n].reshape(-1)[index % stride :: stride], np.float32), batch_amax)
     stats = calibration.statistics
     assert stats.samples == images == 270
     assert set(stats.tensors) == set(plan.measured)
@@ -126,6 +132,27 @@ def test_statistics_match_an_independent_pass(fp32_onnx, calib_dataset, calibrat
         assert s.minimum == pytest.approx(expected_low, abs=1e-6) and s.maximum == pytest.approx(high[n], abs=1e-6), n
         assert s.counts is not None and s.counts.sum() > 0 and s.width > 0
         assert s.width * len(s.counts) >= s.amax  # the histogram covers every value seen
+        assert s.width == pytest.approx(histograms[n].width, rel=1e-6), n
+        assert np.abs(s.counts - histograms[n].counts).sum() <= 2, n  # the same samples (a value on a bin edge may move)
+
+
+def test_statistics_pass_shows_images_per_second(fp32_onnx, calib_dataset):
+    """The bar of the statistics pass (what the build's INT8 stage shows on a terminal) counts images, with a rate."""
+    import io
+
+    from rich.console import Console
+
+    from resnet_deploy.progress import RichProgress
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    calib = CalibrationSet.draw(calib_dataset, 64, 0)
+    with RichProgress(console) as progress:
+        calibrate(fp32_onnx, calib, CalibrationOptions(size=64), progress=progress)
+        console.file.flush()
+    drawn = screen.getvalue()
+    assert "calibration" in drawn and re.search(r"\d+/64", drawn), drawn[-500:]
+    assert re.search(r"\d+(\.\d)? images/s", drawn), drawn[-500:]
 
 
 def test_derived_tensors_take_the_range_of_their_relu_or_input(fp32_onnx, calibration):

@@ -174,6 +174,53 @@ def test_exclude_layers_keeps_nodes_in_fp32_for_both_targets(fp32_onnx, calibrat
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_tensorrt_fast_path_writes_what_modelopts_quantize_writes(fp32_onnx, calibration, example, tmp_path):
+    """The worker's path without ModelOpt's calibration (`quantize_with_scales`) against `modelopt.onnx.quantization.
+    quantize` itself with the same cache: the same nodes in the same order, the same initializers byte for byte, the
+    same inputs, outputs and opsets, for the FP32-elsewhere model and its FP16 twin, with nodes excluded; and neither
+    rewrites the FP32 ONNX it reads (ModelOpt's `quantize` rewrites its input file in place)."""
+    import re
+
+    from resnet_deploy.artifacts import sha256_file
+    from resnet_deploy.calibration.quantize import ModelOptSession, write_trt_cache
+
+    source = onnx.load(str(fp32_onnx.path))
+    excluded = [n.name for n in source.graph.node if module_path(n) in ("layer2.0.conv1", "layer3.1")]
+    assert len(excluded) >= 2
+    write_trt_cache(calibration, tmp_path / "calib.cache")
+    np.save(tmp_path / "example.npy", np.ascontiguousarray(example[:1], dtype=np.float32))
+    before = (sha256_file(fp32_onnx.path), fp32_onnx.path.stat().st_mtime_ns)
+    written = {}
+    with ModelOptSession() as session:
+        for full in (True, False):
+            job = {
+                "onnx_path": str(fp32_onnx.path),
+                "cache": str(tmp_path / "calib.cache"),
+                "example": str(tmp_path / "example.npy"),
+                "input_name": fp32_onnx.input_name,
+                "nodes_to_exclude": [f"^{re.escape(name)}$" for name in excluded],
+                "output_path": str(tmp_path / f"full-{full}.onnx"),
+                "fp16_output_path": str(tmp_path / f"full-{full}.fp16.onnx"),
+                "full": full,
+            }
+            session.run(job)
+            written[full] = (onnx.load(job["output_path"]), onnx.load(job["fp16_output_path"]))
+    assert (sha256_file(fp32_onnx.path), fp32_onnx.path.stat().st_mtime_ns) == before
+    for reference, fast in zip(written[True], written[False]):
+        assert [n.SerializeToString() for n in fast.graph.node] == [n.SerializeToString() for n in reference.graph.node]
+        assert {i.name: i.SerializeToString() for i in fast.graph.initializer} == {
+            i.name: i.SerializeToString() for i in reference.graph.initializer
+        }
+        for field in ("input", "output"):
+            assert [v.SerializeToString() for v in getattr(fast.graph, field)] == [
+                v.SerializeToString() for v in getattr(reference.graph, field)
+            ]
+        assert fast.opset_import == reference.opset_import and fast.ir_version == reference.ir_version
+    quantized = quantized_nodes(written[False][0])
+    convs = [n.name for n in source.graph.node if n.name in excluded and n.op_type == "Conv"]
+    assert len(quantized) >= 15 and convs and not set(convs) & set(quantized)  # an excluded Conv reads no DQ
+
+
 # ---------------------------------------------------------------------- FP16 overflow and NaN/Inf
 
 

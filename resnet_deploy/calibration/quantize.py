@@ -11,14 +11,15 @@ Both quantizers receive the ranges computed from our one statistics pass; neithe
   The classifier's output stays FP32 (quantizing logits only costs accuracy).
 - `tensorrt`: ModelOpt's ONNX quantizer (`modelopt.onnx.quantization.quantize`), which places Q/DQ the
   way TensorRT fuses it (residual Add: the shortcut input quantized, not the conv side) with symmetric
-  int8 everywhere (zero points 0). Our scales reach it through its calibration cache
-  (`calibration_cache_path`, TensorRT's cache format); its own calibration runs on a single image with
-  the cheap `max` method only because the API needs one, and every activation scale is then replaced
-  by ours, which is checked on the result.
+  int8 everywhere (zero points 0). Our scales reach it as a calibration cache (TensorRT's format), and
+  its steps run without its own calibration (`modelopt_worker.quantize_with_scales`: the same output as
+  `quantize(calibration_cache_path=...)`, which calibrates anyway); every activation scale of the result
+  is checked to be ours.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import enum
@@ -265,6 +266,10 @@ class ModelOptSession:
             self._log.close()
             self._log = None
 
+    def wait_ready(self) -> None:
+        """Return once the worker has imported ModelOpt (it starts doing so when the session opens)."""
+        self.run({"ping": True})
+
     def run(self, job: dict) -> None:
         if self._process is None:
             raise RuntimeError("ModelOptSession is not active: use it inside a `with` block")
@@ -315,9 +320,8 @@ def _quantize_tensorrt(
         session.run(job)
         written = {"fp32": job["output_path"], "fp16": job["fp16_output_path"]}
         for high, path in outputs.items():
-            model = onnx.load(written[high])
-            _check_tensorrt_graph(model, calibration)
-            onnx.save(model, str(path))
+            _check_tensorrt_graph(onnx.load(written[high]), calibration)
+            shutil.move(written[high], path)
 
 
 def _check_tensorrt_graph(model, calibration: Calibration) -> None:
@@ -394,6 +398,26 @@ def make_int8(
         with ModelOptSession() as own:
             _quantize_tensorrt(fp32.path, calibration, list(excluded), fp32.input_name, example, made, own)
     return made
+
+
+@contextlib.contextmanager
+def tensorrt_int8_meanwhile(
+    fp32: OnnxArtifact,
+    calibration: Calibration,
+    excluded: Sequence[str],
+    example: np.ndarray,
+    fp16: bool,
+    session: ModelOptSession,
+) -> Iterator[concurrent.futures.Future]:
+    """`make_int8` for the tensorrt target, started now: a Future of its files (in a folder that lives as long as the
+    block). The ModelOpt worker process does the work, so the caller's thread makes the onnxruntime-target model
+    meanwhile (both quantizers are single-threaded Python: on two cores the pair costs about the longer one)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp,
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelopt") as pool,
+    ):
+        _ = calibration.ranges  # computed here, not by both threads at once
+        yield pool.submit(make_int8, fp32, calibration, Target.TENSORRT, excluded, example, Path(tmp), fp16, session)
 
 
 def write_int8(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from ..artifacts import OnnxArtifact, staged_output_dir
 from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet, SelectionSet, calibrate
 from ..calibration.fp16 import convert_fp16
 from ..calibration.graph import excluded_nodes, load_onnx
-from ..calibration.quantize import judged_exactly, make_int8, write_int8
+from ..calibration.quantize import ModelOptSession, judged_exactly, make_int8, tensorrt_int8_meanwhile, write_int8
 from ..calibration.search import MixedPrecision, best_effort_path, mixed_precision_int8, target_on
 from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, ImageFolderDataset, SkipSummary, check_labels, first_images, open_dataset
@@ -91,7 +92,15 @@ class ReducedPrecision:
     searches: dict[str, MixedPrecision] = field(default_factory=dict)
 
 
-def _reduced_precision(
+def _reduced_precision(*args, modelopt: ModelOptSession | None = None) -> ReducedPrecision:
+    """Calibrate once, then the FP16 model and one INT8 model per target, all from the same statistics
+    (with an accuracy target, each INT8 model is the mixed-precision search's, search.py)."""
+    with contextlib.ExitStack() as stack:
+        return _reduced_precision_in(stack, *args, modelopt=modelopt)
+
+
+def _reduced_precision_in(
+    stack: contextlib.ExitStack,
     config: BuildConfig,
     fp32: OnnxArtifact,
     calibration_set: CalibrationSet,
@@ -100,9 +109,8 @@ def _reduced_precision(
     work: Path,
     timer: StageTimer,
     progress: Progress,
+    modelopt: ModelOptSession | None = None,
 ) -> ReducedPrecision:
-    """Calibrate once, then the FP16 model and one INT8 model per target, all from the same statistics
-    (with an accuracy target, each INT8 model is the mixed-precision search's, search.py)."""
     options = config.calibration
     fixed = excluded_nodes(load_onnx(fp32.path), options.exclude_layers)  # a pattern matching nothing fails early
     with timer("calibrate"):
@@ -116,6 +124,10 @@ def _reduced_precision(
     if Precision.INT8 not in config.precisions:
         return result
     example = first_images(calibration_set.dataset, 1)
+    meanwhile = None  # the tensorrt-target model, made in the ModelOpt worker while the others are made here
+    if config.accuracy_target is None and modelopt is not None:
+        twin = Precision.FP16 in config.precisions
+        meanwhile = stack.enter_context(tensorrt_int8_meanwhile(fp32, calibration, fixed, example, twin, modelopt))
     for target in config.targets:
         # TensorRT gets FP16 between the quantized layers (and in the nodes a search leaves out) when FP16 is asked
         # or an accuracy target is set; ONNX Runtime's CPU EP cannot run such a graph exactly, so it validates the
@@ -124,7 +136,10 @@ def _reduced_precision(
         name, details, excluded = int8_name(target), None, fixed
         if config.accuracy_target is None:
             with timer(f"quantize-{target}"), tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
-                files = make_int8(fp32, calibration, target, fixed, example, Path(tmp), twin, cpu=config.cpu)
+                if target is Target.TENSORRT and meanwhile is not None:
+                    files = meanwhile.result()
+                else:
+                    files = make_int8(fp32, calibration, target, fixed, example, Path(tmp), twin, cpu=config.cpu)
                 validated, *extra = _write_int8(fp32, calibration, target, files, stage, name, excluded, twin, None, config.cpu)
         else:
             with timer(f"search-{target}"):
@@ -153,6 +168,13 @@ def _write_int8(fp32, calibration, target, files, stage: Path, name: str, exclud
     """model.int8-<target>.onnx (+ model.int8-<target>.fp16.onnx: INT8 + FP16 elsewhere, for TensorRT only)."""
     fp16_path = stage / name.replace(".onnx", ".fp16.onnx") if twin else None
     return write_int8(fp32, calibration, target, files, stage / name, excluded, fp16_path, details, cpu)
+
+
+def _modelopt_session(config: BuildConfig):
+    """The ModelOpt worker for the tensorrt-target INT8 model, started with the build: it imports ModelOpt (seconds)
+    while the model is folded, exported and calibrated. None (nothing started) when no such model is made here."""
+    wanted = Precision.INT8 in config.precisions and Target.TENSORRT in config.targets and config.accuracy_target is None
+    return ModelOptSession() if wanted else nullcontext()
 
 
 def int8_name(target: Target) -> str:
@@ -190,7 +212,11 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             [f"{mismatch}; its engines' numbers here are this CPU's, its exact accuracy is the model's"] if mismatch else []
         )
 
-    with staged_output_dir(config.out, config.force) as stage, tempfile.TemporaryDirectory(prefix="resnet-deploy-") as work:
+    with (
+        staged_output_dir(config.out, config.force) as stage,
+        tempfile.TemporaryDirectory(prefix="resnet-deploy-") as work,
+        _modelopt_session(config) as modelopt,
+    ):
         with timer("fold"):
             folded, fold = fold_and_verify(model, check_images)
             save_folded(folded, model, fold, stage / FOLDED_NAME)
@@ -202,7 +228,9 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         artifacts = [fp32] if Precision.FP32 in config.precisions else []
         calibration, tensorrt_only, searches = None, [], {}
         if calibration_set is not None:
-            reduced_models = _reduced_precision(config, fp32, calibration_set, selection, stage, Path(work), timer, progress)
+            reduced_models = _reduced_precision(
+                config, fp32, calibration_set, selection, stage, Path(work), timer, progress, modelopt=modelopt
+            )
             artifacts += reduced_models.made
             calibration, tensorrt_only, searches = (
                 reduced_models.calibration,
