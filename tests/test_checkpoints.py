@@ -344,9 +344,10 @@ def test_bad_checkpoints_exit_2_with_one_line(tmp_path, workload):
 
     torch.save(state, tmp_path / "plain.pth")
     one_error_line(_fold("--arch", "resnet18", "--weights", str(tmp_path / "plain.pth"), "--ema"), "--ema: ")
-    assert "holds no EMA weights (found: the top level); drop --ema" in _fold(
-        "--arch", "resnet18", "--weights", str(tmp_path / "plain.pth"), "--ema"
-    ).output
+    assert (
+        "holds no EMA weights (found: the top level); drop --ema"
+        in _fold("--arch", "resnet18", "--weights", str(tmp_path / "plain.pth"), "--ema").output
+    )
 
     timm_checkpoints(tmp_path, state, state, "resnet34")  # a train.py run that recorded another model
     one_error_line(

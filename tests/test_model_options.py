@@ -83,11 +83,15 @@ def test_the_models_own_preprocessing_is_validated_at_its_training_accuracy(tmp_
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     printed = " ".join(proc.stderr.split())  # the log wraps long lines on a narrow stderr
-    assert printed.count("preprocessing: ") == 1 and (
-        "preprocessing: 3x32x32, bilinear, crop_pct 1 (squash), mean 0.5,0.5,0.5, std 0.5,0.5,0.5 "
-        "(input_size: --input-size; interpolation: --interpolation; mean: --mean; std: --std; crop_pct: --crop-pct; "
-        "crop_mode: --crop-mode)"
-    ) in printed
+    assert (
+        printed.count("preprocessing: ") == 1
+        and (
+            "preprocessing: 3x32x32, bilinear, crop_pct 1 (squash), mean 0.5,0.5,0.5, std 0.5,0.5,0.5 "
+            "(input_size: --input-size; interpolation: --interpolation; mean: --mean; std: --std; crop_pct: --crop-pct; "
+            "crop_mode: --crop-mode)"
+        )
+        in printed
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["reference"]["top1"] == pytest.approx(trained_top1, abs=1.5 / 449)
     assert report["engines"][0]["accuracy"]["top1"] == pytest.approx(trained_top1, abs=1.5 / 449)
@@ -203,9 +207,7 @@ def test_labels_file_names_the_classes_and_labels_folders_by_name(tmp_path, work
     assert model.class_names == WORDS and model.origin["class_names_source"] == f"--labels {names}"
     folders = _word_folders(workload, tmp_path / "val")
     by_name = open_dataset(folders, model.preprocess, class_names=model.class_names)
-    assert by_name.by_name and dict(zip(by_name.files, by_name.labels)) == {
-        f: WORDS.index(f.parent.name) for f in by_name.files
-    }
+    assert by_name.by_name and dict(zip(by_name.files, by_name.labels)) == {f: WORDS.index(f.parent.name) for f in by_name.files}
     sorted_order = open_dataset(folders, model.preprocess)  # no class names: torchvision's sorted order
     assert not sorted_order.by_name and sorted_order.classes[0] == "eight" and sorted_order.labels[0] == 0
 
