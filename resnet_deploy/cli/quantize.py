@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,11 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
     the target holds on the selection images, then checks it on --val-data; exit 1 when it cannot be met (the
     best model found is written as <out>.best-effort.onnx).
     """
-    from ..artifacts import OnnxArtifact, read_onnx
-    from ..calibration.calibrate import CALIB_NAME, CalibrationSet, SelectionSet, calibrate
-    from ..calibration.graph import excluded_nodes, load_onnx
+    from ..calibration.calibrate import CALIB_NAME
     from ..config import Precision, Target, parse_enum_list
-    from ..data import Preprocess, first_images, open_dataset
+    from ..data import Preprocess
     from ..isa import parse_cpu
+    from ..pipeline.quantize import calibrate_model, fixed_nodes, open_for, prepare_calibration, read_fp32
 
     cpu = parse_cpu(options["cpu"])
     precisions = parse_enum_list(Precision, options["precision"], "--precision")
@@ -84,30 +84,23 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
             "other images, held out of --calib-data or --select-data)"
         )
     refuse_existing(out, options["force"])
-    read_onnx(onnx_path)  # refuses a non-ONNX file or unsafe external data before anything reads it
-    fp32 = OnnxArtifact.read(onnx_path)
-    if fp32.precision != "fp32":
-        raise UserError(f"--onnx {onnx_path} is a {fp32.precision} model; give the FP32 ONNX written by export or build")
+    fp32 = read_fp32(onnx_path)
     calibration_options = parse_calibration({**options, "calib_cache": options["calib_cache"] or out.parent / CALIB_NAME})
-    fixed = excluded_nodes(load_onnx(fp32.path), calibration_options.exclude_layers)  # fail before calibrating
-    preprocess, names = Preprocess.from_dict(fp32.preprocess), fp32.class_names  # the sidecar's: as the model was trained
-    calib = open_dataset(calib_data, preprocess, option="--calib-data", class_names=names)
-    val = open_dataset(val_data, preprocess, option="--val-data", class_names=names) if val_data is not None else None
-    selection = None
-    if accuracy_target is not None:
-        calib, selection = SelectionSet.split(calib, parse_selection(options), calibration_options.seed, preprocess, names)
-        selection.check(val, accuracy_target)
-        if selection.warning():
-            click.echo(f"warning: {selection.warning()}", err=True)
-    calibration_set = CalibrationSet.draw(calib, calibration_options.size, calibration_options.seed)
+    fixed = fixed_nodes(fp32, calibration_options)  # fail before calibrating
+    calib = open_for(fp32, calib_data, "--calib-data")
+    val = open_for(fp32, val_data, "--val-data") if val_data is not None else None
+    selection = parse_selection(options) if accuracy_target is not None else None
+    preprocess = Preprocess.from_dict(fp32.preprocess)
+    images = prepare_calibration(calib, calibration_options, preprocess, fp32.class_names, selection, val, accuracy_target)
+    for warning in images.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if val is not None:
-        shared = calibration_set.overlap(val)
+        shared = images.calibration_set.overlap(val)
         if shared:
             click.echo(f"warning: {shared} calibration images are also in --val-data {val_data}", err=True)
-    calibration = calibrate(fp32, calibration_set, calibration_options, options["threads"], progress)
-    if not calibration.reused:
-        calibration.write(calibration_options.cache)
-    code = 0
+    cache, threads = calibration_options.cache, options["threads"]
+    calibrated = calibrate_model(fp32, images, calibration_options, fixed, cache, threads, progress)
+    calibration, code = calibrated.calibration, 0
     if precision is Precision.FP16:
         from ..calibration.fp16 import convert_fp16
 
@@ -115,73 +108,43 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
         info = artifact.details["fp16"]
         click.echo(f"fp16: {info['fp16_nodes']} nodes in FP16, {len(info['fp32_nodes'])} kept in FP32 -> {out}")
     elif accuracy_target is None:
-        from ..calibration.quantize import quantize_int8
+        from ..pipeline.quantize import quantize_one
 
-        example = first_images(calibration_set.dataset, 1)
-        (artifact,) = quantize_int8(fp32, calibration, target, out, example, calibration_options.exclude_layers, cpu=cpu)
+        with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
+            (artifact,) = quantize_one(calibrated, target, out, Path(tmp), cpu).artifacts
         info = artifact.details["quantization"]
         click.echo(
             f"int8 ({target}): {info['quantized_nodes']} quantized nodes, {len(info['excluded_nodes'])} excluded, "
             f"{calibration.method} ranges from {calibration.samples} images -> {out}"
         )
     else:
-        code = _quantize_to_target(
-            fp32, calibration, target, accuracy_target, selection, val, calibration_set, fixed, out, options["threads"], progress,
-            cpu,
-        )  # fmt: skip
+        code = _quantize_to_target(calibrated, target, accuracy_target, val, out, options["threads"], progress, cpu)
     reuse = "reused from" if calibration.reused else "written to"
     click.echo(f"calibration statistics {reuse} {calibration_options.cache}")
     return code
 
 
-def _quantize_to_target(
-    fp32, calibration, target, accuracy_target, selection, val, calibration_set, fixed, out, threads, progress, cpu
-):
+def _quantize_to_target(calibrated, target, accuracy_target, val, out: Path, threads, progress, cpu) -> int:
     """`quantize` with an accuracy target: the search, the final check on --val-data, the latency cost on ONNX
-    Runtime here; the exit code comes from the same rule as a build's (report.target_failure)."""
-    import tempfile
-
-    from ..calibration.quantize import judged_exactly, write_int8
-    from ..calibration.search import best_effort_path, mixed_precision_int8, target_on
+    Runtime here (pipeline.quantize.onnxruntime_check); the exit code comes from the same rule as a build's
+    (report.target_failure)."""
     from ..config import Target
-    from ..data import first_images
-    from ..engines.ort import OrtRunner
-    from ..pipeline.benchmark import latency_cost
+    from ..pipeline.quantize import onnxruntime_check, quantize_one
     from ..pipeline.report import target_failure
-    from ..pipeline.validate import ReferenceOutputs, validate
 
-    example = first_images(calibration_set.dataset, 1)
     twin = target is Target.TENSORRT  # for TensorRT: FP16 between the quantized layers and in the nodes left out
+    check = onnxruntime_check(calibrated.fp32, val, threads, progress)
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-search-") as work:
-        search = mixed_precision_int8(
-            fp32, calibration, target, accuracy_target, selection.dataset, selection.describe(), example, Path(work),
-            fixed, threads, progress, fp16_twin=twin, cpu=cpu,
-        )  # fmt: skip
-        path = out if search.met else best_effort_path(out)
-        excluded, files = [*fixed, *search.excluded], search.chosen_files
-        with OrtRunner(fp32.path, "fp32", "fp32", threads=threads) as runner:
-            reference = ReferenceOutputs.compute(runner, val, fp32.num_classes, progress=progress)
-        exact = judged_exactly(target, cpu)  # the number the model is judged by: as the search measured it
-        with reference, OrtRunner(files["fp32"], "int8", "int8", target.value, threads=threads, exact=exact) as runner:
-            on_val = target_on(accuracy_target, validate(runner, val, reference, progress=progress), "--val-data")
-        cost = []
-        if search.excluded:
-            before = OrtRunner(search.baseline_files["fp32"], "all-int8", "int8", target.value, threads=threads)
-            after = OrtRunner(files["fp32"], "int8", "int8", target.value, threads=threads)
-            engine = f"onnxruntime (cpu){' running the tensorrt-target model' if twin else ''}"
-            cost = [
-                {"engine": engine, **row} for row in latency_cost(before, after, first_images(val, 1), (1,), progress=progress)
-            ]
-        details = {"mixed_precision": {**search.as_dict(), "on_val": on_val, "latency_cost": cost}}
-        fp16_path = path.with_name(f"{path.stem}.fp16{path.suffix}") if twin else None
-        artifact, *_ = write_int8(fp32, calibration, target, files, path, excluded, fp16_path, details, cpu)
-    print_search(details["mixed_precision"])
+        model = quantize_one(calibrated, target, out, Path(work), cpu, twin, accuracy_target, threads, progress, check=check)
+    artifact, *twins = model.artifacts
+    info = artifact.details["quantization"]
+    print_search(info["mixed_precision"])
     click.echo(
-        f"int8 ({target}): {len(search.excluded)} node(s) left in higher precision, "
-        f"{artifact.details['quantization']['quantized_nodes']} quantized -> {path}"
-        + (f" (+ {fp16_path.name}: FP16 elsewhere, for TensorRT)" if fp16_path else "")
+        f"int8 ({target}): {len(model.search.excluded)} node(s) left in higher precision, "
+        f"{info['quantized_nodes']} quantized -> {model.path}"
+        + (f" (+ {twins[0].path.name}: FP16 elsewhere, for TensorRT)" if twins else "")
     )
-    failure = target_failure(f"int8 ({target})", str(path), artifact.details["quantization"])
+    failure = target_failure(f"int8 ({target})", str(model.path), info)
     if failure:
         click.echo(f"FAILED {failure}", err=True)
     return 1 if failure else 0
@@ -211,14 +174,14 @@ and one pass over the selection images per node.
 @common
 def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: Any) -> int:
     """Per-layer INT8 sensitivity: the SQNR each quantized node adds, and the top-1 agreement quantizing it costs."""
-    from ..artifacts import OnnxArtifact, read_onnx, write_json_atomic, write_text_atomic
-    from ..calibration.calibrate import CALIB_NAME, CalibrationSet, SelectionSet, calibrate
-    from ..calibration.graph import excluded_nodes, load_onnx
+    from ..artifacts import write_json_atomic, write_text_atomic
+    from ..calibration.calibrate import CALIB_NAME
     from ..calibration.sensitivity import measure_layers
     from ..config import Target, parse_enum_list
-    from ..data import Preprocess, first_images, open_dataset
+    from ..data import Preprocess
     from ..isa import parse_cpu
     from ..pipeline.html import render_layers_html
+    from ..pipeline.quantize import calibrate_model, fixed_nodes, open_for, prepare_calibration, read_fp32
 
     targets = parse_enum_list(Target, options["target"], "--target")
     if len(targets) > 1:
@@ -228,25 +191,21 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
         raise UserError(f"--out {out} is a file; give a folder")
     if (out / "layers.json").exists() and not options["force"]:
         raise UserError(f"{out / 'layers.json'} already exists; pass --force to replace it, or choose another --out")
-    read_onnx(onnx_path)  # refuses a non-ONNX file or unsafe external data before anything reads it
-    fp32 = OnnxArtifact.read(onnx_path)
-    if fp32.precision != "fp32":
-        raise UserError(f"--onnx {onnx_path} is a {fp32.precision} model; give the FP32 ONNX written by export or build")
+    fp32 = read_fp32(onnx_path)
     calibration_options = parse_calibration({**options, "calib_cache": options["calib_cache"] or out / CALIB_NAME})
-    fixed = excluded_nodes(load_onnx(fp32.path), calibration_options.exclude_layers)
-    preprocess, names = Preprocess.from_dict(fp32.preprocess), fp32.class_names
-    calib = open_dataset(calib_data, preprocess, option="--calib-data", class_names=names)
-    pool, selection = SelectionSet.split(calib, parse_selection(options), calibration_options.seed, preprocess, names)
-    if selection.warning():
-        click.echo(f"warning: {selection.warning()}", err=True)
-    calibration_set = CalibrationSet.draw(pool, calibration_options.size, calibration_options.seed)
-    calibration = calibrate(fp32, calibration_set, calibration_options, options["threads"], progress)
-    if not calibration.reused:
-        calibration.write(calibration_options.cache)
-    example = first_images(calibration_set.dataset, 1)
+    fixed = fixed_nodes(fp32, calibration_options)
+    calib = open_for(fp32, calib_data, "--calib-data")
+    preprocess = Preprocess.from_dict(fp32.preprocess)
+    images = prepare_calibration(calib, calibration_options, preprocess, fp32.class_names, parse_selection(options))
+    for warning in images.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    calibrated = calibrate_model(
+        fp32, images, calibration_options, fixed, calibration_options.cache, options["threads"], progress
+    )
+    selection = images.selection
     measured = measure_layers(
-        fp32, calibration, targets[0], selection.dataset, selection.describe(), example, fixed, options["threads"], progress,
-        cpu=parse_cpu(options["cpu"]),
+        fp32, calibrated.calibration, targets[0], selection.dataset, selection.describe(), images.example, fixed,
+        options["threads"], progress, cpu=parse_cpu(options["cpu"]),
     )  # fmt: skip
     data = measured.as_dict()
     write_json_atomic(out / "layers.json", data)
