@@ -12,8 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from resnet_deploy.cli import _build_config, cli
-from resnet_deploy.cli import build as build_command
+from resnet_deploy.cli import cli
+from resnet_deploy.cli.build import _build_config
+from resnet_deploy.cli.build import build as build_command
 from resnet_deploy.config import ModelOptions, load_toml_options, preprocess_overrides
 from resnet_deploy.data import ImageFolderDataset, Preprocess, PreprocessOverrides, open_dataset
 from resnet_deploy.errors import UserError

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -460,6 +461,35 @@ def write_int8(
     return artifacts
 
 
+@dataclass(frozen=True, eq=False)
+class Int8Recipe:
+    """What every INT8 model of one FP32 model for one target is made from (the arguments `make_int8` and
+    `write_int8` share): its calibration, the example image ModelOpt wants, the CPU an onnxruntime-target model is for."""
+
+    fp32: OnnxArtifact
+    calibration: Calibration
+    target: Target
+    example: np.ndarray
+    cpu: CpuKind | None = None
+
+    def make(
+        self, excluded: Sequence[str], folder: Path, fp16: bool = False, session: ModelOptSession | None = None
+    ) -> dict[str, Path]:
+        """`make_int8` with `excluded` in higher precision, into `folder`."""
+        return make_int8(self.fp32, self.calibration, self.target, excluded, self.example, folder, fp16, session, self.cpu)
+
+    def write(
+        self,
+        made: dict[str, Path],
+        path: Path,
+        excluded: Sequence[str],
+        fp16_path: Path | None = None,
+        details: dict | None = None,
+    ) -> list[OnnxArtifact]:
+        """`write_int8`: the files `make` made as checked artifacts at `path` (and `fp16_path`)."""
+        return write_int8(self.fp32, self.calibration, self.target, made, path, excluded, fp16_path, details, self.cpu)
+
+
 def quantize_int8(
     fp32: OnnxArtifact,
     calibration: Calibration,
@@ -478,6 +508,6 @@ def quantize_int8(
     `example` is one preprocessed image (ModelOpt's API wants calibration data even with a cache).
     """
     excluded = excluded_nodes(load_onnx(fp32.path), exclude_layers)
+    recipe = Int8Recipe(fp32, calibration, target, example, cpu)
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
-        made = make_int8(fp32, calibration, target, excluded, example, Path(tmp), fp16_path is not None, session, cpu)
-        return write_int8(fp32, calibration, target, made, path, excluded, fp16_path, cpu=cpu)
+        return recipe.write(recipe.make(excluded, Path(tmp), fp16_path is not None, session), path, excluded, fp16_path)

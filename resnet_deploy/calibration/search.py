@@ -19,7 +19,6 @@ short of it, then the fewest nodes) is the result, marked as missing the target.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,17 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..artifacts import OnnxArtifact
 from ..config import AccuracyTarget, Target
-from ..data import Dataset
-from ..isa import CpuKind
 from ..pipeline.validate import Accuracy
 from ..progress import Progress
-from .calibrate import Calibration
+from .calibrate import SelectionSet
 from .graph import load_onnx, quantized_nodes
-from .quantize import make_int8
+from .quantize import Int8Recipe
 from .sensitivity import CandidateEvaluator, node_errors, ranked_by_sqnr, sensitivity_rows
 
 
@@ -130,13 +124,13 @@ class MixedPrecision:
     baseline_files: dict[str, Path]  # the fully quantized model (latency before)
     chosen_files: dict[str, Path]
     seconds: float
-    quantizer: Callable[..., dict[str, Path]]  # make_int8 bound to this model, calibration and target
+    recipe: Int8Recipe  # this model, calibration and target: how each candidate was made
     latency_cost: list[dict[str, Any]] = field(default_factory=list)  # filled in once the engine is built
     measured_exactly: bool = False  # candidates judged by their exact Q/DQ semantics, not by ONNX Runtime as it runs here
 
     def quantize(self, excluded: Sequence[str], folder: Path, fp16: bool = False) -> dict[str, Path]:
         """The model with `excluded` in higher precision (the same ranges), e.g. with its FP16-elsewhere twin."""
-        return self.quantizer(excluded=list(excluded), folder=folder, fp16=fp16)
+        return self.recipe.make(list(excluded), folder, fp16)
 
     def baseline_twin(self, folder: Path) -> Path:
         """The fully quantized model with FP16 elsewhere: what TensorRT would have built without the search."""
@@ -174,24 +168,24 @@ class MixedPrecision:
 
 
 def mixed_precision_int8(
-    fp32: OnnxArtifact,
-    calibration: Calibration,
-    target_kind: Target,
+    recipe: Int8Recipe,
     target: AccuracyTarget,
-    selection: Dataset,
-    selection_info: dict[str, Any],
-    example: np.ndarray,
+    selection_set: SelectionSet,
     folder: Path,
     fixed: Sequence[str] = (),
     threads: int | None = None,
     progress: Progress = Progress(),
     fp16_twin: bool = False,
-    cpu: CpuKind | None = None,
 ) -> MixedPrecision:
-    """Run the search for `target_kind`; candidate models are written under `folder` (the caller's). With
-    `fp16_twin` (tensorrt target), the chosen set is also made with FP16 elsewhere (`chosen_files["fp16"]`)."""
+    """Run the search for `recipe`'s target on the selection images; candidate models are written under `folder`
+    (the caller's). With `fp16_twin` (tensorrt target), the chosen set is also made with FP16 elsewhere
+    (`chosen_files["fp16"]`)."""
+    selection_info = selection_set.describe()
     started = time.perf_counter()
-    evaluator = CandidateEvaluator(fp32, calibration, target_kind, selection, example, folder, fixed, threads, progress, cpu)
+    fp32, target_kind, selection = recipe.fp32, recipe.target, selection_set.dataset
+    evaluator = CandidateEvaluator(
+        fp32, recipe.calibration, target_kind, selection, recipe.example, folder, fixed, threads, progress, recipe.cpu
+    )
     with evaluator:
         baseline = evaluator.evaluate(())
         ranking: list[dict[str, Any]] = []
@@ -224,11 +218,10 @@ def mixed_precision_int8(
         chosen = evaluator.evaluations[frozenset(outcome.chosen.excluded)].files
         if fp16_twin:  # the same Q/DQ with FP16 elsewhere (also in the nodes left out): what TensorRT builds
             excluded = [*fixed, *outcome.chosen.excluded]
-            chosen = make_int8(fp32, calibration, target_kind, excluded, example, folder / "chosen", True, evaluator.session)
-    quantizer = functools.partial(make_int8, fp32, calibration, target_kind, example=example, cpu=cpu)
+            chosen = recipe.make(excluded, folder / "chosen", True, evaluator.session)
     return MixedPrecision(
         target_kind, target, selection_info, ranking, outcome, list(fixed), baseline.files, chosen,
-        time.perf_counter() - started, quantizer, measured_exactly=evaluator.exact,
+        time.perf_counter() - started, recipe, measured_exactly=evaluator.exact,
     )  # fmt: skip
 
 

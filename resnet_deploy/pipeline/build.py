@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import time
 from collections.abc import Iterator
@@ -11,11 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..artifacts import OnnxArtifact, staged_output_dir
-from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet, SelectionSet, calibrate
+from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet
 from ..calibration.fp16 import convert_fp16
-from ..calibration.graph import excluded_nodes, load_onnx
-from ..calibration.quantize import ModelOptSession, judged_exactly, make_int8, tensorrt_int8_meanwhile, write_int8
-from ..calibration.search import MixedPrecision, best_effort_path, mixed_precision_int8, target_on
+from ..calibration.quantize import ModelOptSession, judged_exactly, tensorrt_int8_meanwhile
+from ..calibration.search import MixedPrecision
 from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, ImageFolderDataset, SkipSummary, check_labels, first_images, open_dataset
 from ..engines.base import Runner
@@ -26,11 +26,12 @@ from ..isa import host_isa
 from ..isa import mismatch as cpu_mismatch
 from ..models import load_model
 from ..progress import Progress
-from .benchmark import benchmark_all, latency_cost
+from .benchmark import benchmark_all
 from .export import export_onnx
 from .fold import fold_and_verify, save_folded
 from .kernels import broken_model, kernel_loss
 from .plan import EngineSpec, build_engines, check_engine_options, plan_engines
+from .quantize import CalibrationImages, calibrate_model, fixed_nodes, prepare_calibration, quantize_one, target_check
 from .report import EngineResult, Report, environment, read_report
 from .validate import Accuracy, validate_all
 
@@ -103,8 +104,7 @@ def _reduced_precision_in(
     stack: contextlib.ExitStack,
     config: BuildConfig,
     fp32: OnnxArtifact,
-    calibration_set: CalibrationSet,
-    selection: SelectionSet | None,
+    images: CalibrationImages,
     stage: Path,
     work: Path,
     timer: StageTimer,
@@ -112,10 +112,10 @@ def _reduced_precision_in(
     modelopt: ModelOptSession | None = None,
 ) -> ReducedPrecision:
     options = config.calibration
-    fixed = excluded_nodes(load_onnx(fp32.path), options.exclude_layers)  # a pattern matching nothing fails early
+    fixed = fixed_nodes(fp32, options)  # a pattern matching nothing fails early
     with timer("calibrate"):
-        calibration = calibrate(fp32, calibration_set, options, config.threads, progress)
-        calibration.write(stage / CALIB_NAME)
+        calibrated = calibrate_model(fp32, images, options, fixed, stage / CALIB_NAME, config.threads, progress)
+    calibration = calibrated.calibration
     result = ReducedPrecision([], [], calibration)
     if Precision.FP16 in config.precisions:
         with timer("fp16"):
@@ -123,51 +123,40 @@ def _reduced_precision_in(
         progress.log(f"FP16: {result.made[-1].details['fp16']['fp16_nodes']} nodes in FP16 -> {FP16_NAME}")
     if Precision.INT8 not in config.precisions:
         return result
-    example = first_images(calibration_set.dataset, 1)
     meanwhile = None  # the tensorrt-target model, made in the ModelOpt worker while the others are made here
     if config.accuracy_target is None and modelopt is not None:
         twin = Precision.FP16 in config.precisions
-        meanwhile = stack.enter_context(tensorrt_int8_meanwhile(fp32, calibration, fixed, example, twin, modelopt))
+        meanwhile = stack.enter_context(tensorrt_int8_meanwhile(fp32, calibration, fixed, images.example, twin, modelopt))
     for target in config.targets:
         # TensorRT gets FP16 between the quantized layers (and in the nodes a search leaves out) when FP16 is asked
         # or an accuracy target is set; ONNX Runtime's CPU EP cannot run such a graph exactly, so it validates the
         # FP32-elsewhere twin (same Q/DQ).
         twin = target is Target.TENSORRT and (Precision.FP16 in config.precisions or config.accuracy_target is not None)
-        name, details, excluded = int8_name(target), None, fixed
+        path = stage / int8_name(target)
         if config.accuracy_target is None:
             with timer(f"quantize-{target}"), tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp:
-                if target is Target.TENSORRT and meanwhile is not None:
-                    files = meanwhile.result()
-                else:
-                    files = make_int8(fp32, calibration, target, fixed, example, Path(tmp), twin, cpu=config.cpu)
-                validated, *extra = _write_int8(fp32, calibration, target, files, stage, name, excluded, twin, None, config.cpu)
+                made = meanwhile.result() if target is Target.TENSORRT and meanwhile is not None else None
+                model = quantize_one(calibrated, target, path, Path(tmp), config.cpu, twin, made=made)
         else:
             with timer(f"search-{target}"):
-                search = mixed_precision_int8(
-                    fp32, calibration, target, config.accuracy_target, selection.dataset, selection.describe(), example,
-                    work / target.value, fixed, config.threads, progress, fp16_twin=twin, cpu=config.cpu,
+                model = quantize_one(
+                    calibrated, target, path, work / target.value, config.cpu, twin, config.accuracy_target, config.threads,
+                    progress,
                 )  # fmt: skip
-                excluded, details = [*fixed, *search.excluded], {"mixed_precision": search.as_dict()}
-                name = name if search.met else best_effort_path(Path(name)).name
-                validated, *extra = _write_int8(
-                    fp32, calibration, target, search.chosen_files, stage, name, excluded, twin, details, config.cpu
-                )
-            result.searches.update({a.path.name: search for a in [validated, *extra]})
+            search = model.search
+            result.searches.update({a.path.name: search for a in model.artifacts})
             progress.log(
                 f"INT8 ({target}): {search.outcome.chosen.accuracy.top1_agreement * 100:.2f}% top-1 agreement on the "
                 f"selection images with {len(search.excluded)} node(s) in higher precision: "
                 + ("target met" if search.met else "TARGET MISSED (best effort)")
             )
+        validated, *extra = model.artifacts
         result.made.append(validated)
         result.tensorrt_only += extra
-        progress.log(f"INT8 ({target}): {validated.details['quantization']['quantized_nodes']} quantized nodes -> {name}")
+        progress.log(
+            f"INT8 ({target}): {validated.details['quantization']['quantized_nodes']} quantized nodes -> {model.path.name}"
+        )
     return result
-
-
-def _write_int8(fp32, calibration, target, files, stage: Path, name: str, excluded, twin: bool, details, cpu):
-    """model.int8-<target>.onnx (+ model.int8-<target>.fp16.onnx: INT8 + FP16 elsewhere, for TensorRT only)."""
-    fp16_path = stage / name.replace(".onnx", ".fp16.onnx") if twin else None
-    return write_int8(fp32, calibration, target, files, stage / name, excluded, fp16_path, details, cpu)
 
 
 def _modelopt_session(config: BuildConfig):
@@ -196,15 +185,17 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         check_labels(val, model.num_classes, "--val-data")
         model = model.name_classes_after(val, "--val-data")
         check_images = first_images(calib or val, CHECK_IMAGES)
-        pool, selection = calib, None
-        if config.accuracy_target is not None:  # the images that choose the nodes: held out, never --val-data
-            pool, selection = SelectionSet.split(calib, config.selection, config.calibration.seed, model.preprocess, names)
-            selection.check(val, config.accuracy_target)
-        calibration_set = CalibrationSet.draw(pool, config.calibration.size, config.calibration.seed) if reduced else None
+        images = None
+        if reduced:  # with an accuracy target, the images that choose the nodes too: held out, never --val-data
+            selection_options = config.selection if config.accuracy_target is not None else None
+            images = prepare_calibration(
+                calib, config.calibration, model.preprocess, names, selection_options, val, config.accuracy_target
+            )
+        calibration_set, selection = (images.calibration_set, images.selection) if images else (None, None)
     progress.log(f"loaded {model.arch} ({model.num_classes} classes, input {'x'.join(map(str, model.preprocess.input_size))})")
     for line in model.describe():
         progress.log(line)
-    warnings = _warnings(val, calibration_set) + ([selection.warning()] if selection and selection.warning() else [])
+    warnings = _warnings(val, calibration_set) + (images.warnings if images else [])
     if reduced and Precision.INT8 in config.precisions and Target.ONNXRUNTIME in config.targets:
         made_for = "onnxruntime-target INT8 model" + (f" (--cpu {config.cpu})" if config.cpu else "")
         mismatch = cpu_mismatch(None if config.cpu is None else config.cpu.value, host_isa(), f"the {made_for}")
@@ -228,9 +219,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         artifacts = [fp32] if Precision.FP32 in config.precisions else []
         calibration, tensorrt_only, searches = None, [], {}
         if calibration_set is not None:
-            reduced_models = _reduced_precision(
-                config, fp32, calibration_set, selection, stage, Path(work), timer, progress, modelopt=modelopt
-            )
+            reduced_models = _reduced_precision(config, fp32, images, stage, Path(work), timer, progress, modelopt=modelopt)
             artifacts += reduced_models.made
             calibration, tensorrt_only, searches = (
                 reduced_models.calibration,
@@ -354,11 +343,10 @@ def _mixed_precision_results(
             continue
         # checked on the number the search used: the model's exact accuracy where that is what it is judged by
         judged = result.reference_accuracy if judged_exactly(search.target_kind, config.cpu) else result.accuracy
-        record = {**result.quantization["mixed_precision"], "on_val": target_on(search.target, judged, "--val-data")}
-        if runner is not None and search.excluded:
-            before = _baseline_runner(spec, search, config, work, profile)
-            rows = latency_cost(before, runner, images, options.batch_sizes, progress=progress)
-            record["latency_cost"] = [{"engine": result.name, **row} for row in rows]
+        record = target_check(
+            search, judged, result.name, runner, functools.partial(_baseline_runner, spec, search, config, work, profile), images,
+            options.batch_sizes, progress, record=result.quantization["mixed_precision"],
+        )  # fmt: skip
         result.quantization = {**result.quantization, "mixed_precision": record}
 
 
