@@ -71,6 +71,7 @@ from resnet_deploy.config import OpenVINOOptions, ShapeMode, Target, parse_input
 from resnet_deploy.data import NpzDataset
 from resnet_deploy.engines import registry
 from resnet_deploy.engines.base import Runner
+from resnet_deploy.engines.naming import engine_name
 from resnet_deploy.engines.openvino import executed, require_bf16
 from resnet_deploy.engines.ort import OrtRunner
 from resnet_deploy.engines.pytorch import PyTorchRunner
@@ -413,7 +414,8 @@ def print_goal(samples: dict, runners: list[Runner], batch_sizes) -> None:
         verdict = "no slower" if ratio <= 1.0 else "SLOWER"
         times = f"{best} {median[(best, b)]:.2f} ms vs {peer} {median[(peer, b)]:.2f} ms"
         print(f"- goal, batch {b}: {times}: {ratio:.2f} ({verdict})")
-    for static, dynamic in (("openvino-fp32", DYNAMIC_FP32), ("openvino-int8", DYNAMIC_INT8)):
+    static_names = (engine_name("openvino", "fp32", None), engine_name("openvino", "int8", "onnxruntime"))
+    for static, dynamic in zip(static_names, (DYNAMIC_FP32, DYNAMIC_INT8)):
         ratios = ", ".join(f"b{b} {median[(static, b)] / median[(dynamic, b)]:.2f}" for b in batch_sizes)
         print(f"- {static}, static shapes (the default) / dynamic: {ratios} (< 1.00: static is faster)")
 

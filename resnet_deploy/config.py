@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from .calibration.methods import CalibrationOptions, check_percentile, check_regex, parse_method
 from .data import CROP_MODES, CROP_PCT_RANGE, INTERPOLATIONS, MEAN_RANGE, STD_RANGE, PreprocessOverrides
+from .engines import registry
 from .engines.kind import EngineSettings
 from .engines.openvino import MAX_STATIC_SHAPES, OpenVINOOptions, PerformanceHint, ShapeMode  # noqa: F401 - re-exported
 from .engines.ort import OrtOptions
 from .engines.trt import HardwareCompat, TensorRTOptions
-from .errors import UserError
+from .errors import MissingDependency, UserError
 from .isa import CpuKind, parse_cpu
 
 if TYPE_CHECKING:
@@ -36,18 +37,14 @@ class Target(enum.StrEnum):
     TENSORRT = "tensorrt"
 
 
-class Engine(enum.StrEnum):
-    """A CPU runtime that runs the ONNX models (`--engines`); TensorRT engines come with `--target tensorrt`."""
-
-    ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"
+# A CPU runtime that runs the ONNX models (`--engines`), one member per such kind of the engine registry
+# (Engine.ONNXRUNTIME, Engine.OPENVINO); TensorRT engines come with `--target tensorrt`.
+Engine = enum.StrEnum("Engine", {k.name.upper(): k.name for k in registry.KINDS if k.cpu_runtime}, module=__name__)
 
 
 def default_engines() -> tuple[Engine, ...]:
-    """ONNX Runtime, plus OpenVINO when it can be imported here (quietly left out when not)."""
-    from .engines.openvino import openvino_missing
-
-    return (Engine.ONNXRUNTIME,) if openvino_missing() else (Engine.ONNXRUNTIME, Engine.OPENVINO)
+    """ONNX Runtime, plus every other CPU runtime that can run here (quietly left out when not)."""
+    return tuple(e for e in Engine if e is Engine.ONNXRUNTIME or registry.kind(e.value).available() is None)
 
 
 def parse_engines(text: str | None) -> tuple[Engine, ...]:
@@ -58,17 +55,17 @@ def parse_engines(text: str | None) -> tuple[Engine, ...]:
     if text is None or not text.strip():
         return default_engines()
     engines = parse_enum_list(Engine, text, "--engines")
-    if Engine.OPENVINO in engines:
-        from .engines.openvino import require_openvino
-
-        require_openvino("--engines openvino")
+    for engine in engines:
+        missing = registry.kind(engine.value).available()
+        if missing:
+            raise MissingDependency(f"--engines {engine.value}: {missing}, or leave {engine.value} out of --engines")
     return engines
 
 
 def check_engines(engines: tuple[Engine, ...], openvino: OpenVINOOptions) -> None:
     """The CPU engines and OpenVINO's options fit together (build, validate and bench)."""
     if not engines:
-        raise UserError("--engines: give at least one of onnxruntime, openvino")
+        raise UserError(f"--engines: give at least one of {', '.join(Engine)}")
     if openvino.bf16 and Engine.OPENVINO not in engines:
         raise UserError("--openvino-bf16 adds an OpenVINO engine; add openvino to --engines")
 

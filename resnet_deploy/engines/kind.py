@@ -5,6 +5,7 @@ listed in `registry.KINDS`. A kind says:
 
 - `name`, `title`: its registry key (also the report's backend family) and what people call it;
 - `options_type`: the frozen dataclass of its settings (None: it has none);
+- `cpu_runtime`: True for a runtime of the ONNX models on the CPU (then `--engines` may name it);
 - `available()`: None, or the one line saying why it cannot run here;
 - `_plan(model, settings)`: the engines it runs for one model file (usually one; OpenVINO adds openvino-bf16);
 - `_runner(spec)`: the Runner of one of them;
@@ -105,6 +106,7 @@ class EngineKind(abc.ABC):
     name: str = "?"
     title: str = "?"
     options_type: type | None = None
+    cpu_runtime: bool = False  # runs every ONNX model on the CPU: one of the build's CPU engines (config.Engine)
 
     @property
     def native_target(self) -> str:

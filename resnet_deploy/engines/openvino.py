@@ -349,6 +349,7 @@ class OpenVINOKind(EngineKind):
     name = "openvino"
     title = "OpenVINO"
     options_type = OpenVINOOptions
+    cpu_runtime = True
 
     def available(self) -> str | None:
         return openvino_missing()

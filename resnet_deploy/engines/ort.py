@@ -351,6 +351,7 @@ class OnnxRuntimeKind(EngineKind):
     name = "onnxruntime"
     title = "ONNX Runtime"
     options_type = OrtOptions
+    cpu_runtime = True
 
     def available(self) -> str | None:
         try:
