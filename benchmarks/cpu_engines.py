@@ -67,12 +67,12 @@ from resnet_deploy.calibration.quantize import (
     write_int8,
 )
 from resnet_deploy.calibration.statistics import collect_statistics
-from resnet_deploy.config import OpenVINOOptions, ShapeMode, Target, parse_input_size
+from resnet_deploy.config import Target, parse_input_size
 from resnet_deploy.data import NpzDataset
 from resnet_deploy.engines import registry
 from resnet_deploy.engines.base import Runner
 from resnet_deploy.engines.naming import engine_name
-from resnet_deploy.engines.openvino import executed, require_bf16
+from resnet_deploy.engines.openvino import OpenVINOOptions, ShapeMode, executed, require_bf16
 from resnet_deploy.engines.ort import OrtRunner
 from resnet_deploy.engines.pytorch import PyTorchRunner
 from resnet_deploy.errors import MissingDependency
