@@ -49,6 +49,7 @@ import pstats
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +67,12 @@ from resnet_deploy.calibration.quantize import (
     write_int8,
 )
 from resnet_deploy.calibration.statistics import collect_statistics
-from resnet_deploy.config import OpenVINOOptions, ShapeMode, Target, parse_input_size
+from resnet_deploy.config import Target, parse_input_size
 from resnet_deploy.data import NpzDataset
+from resnet_deploy.engines import registry
 from resnet_deploy.engines.base import Runner
-from resnet_deploy.engines.openvino import OpenVINORunner, executed, require_bf16
+from resnet_deploy.engines.naming import engine_name
+from resnet_deploy.engines.openvino import OpenVINOOptions, ShapeMode, executed, require_bf16
 from resnet_deploy.engines.ort import OrtRunner
 from resnet_deploy.engines.pytorch import PyTorchRunner
 from resnet_deploy.errors import MissingDependency
@@ -295,33 +298,42 @@ class OpenVINOPeer(Runner):
 
 
 def engines(model, folded, folder: Path, fp32, threads: int, calibration, shape: tuple[int, int, int] = SHAPE) -> list[Runner]:
-    """Every engine of part 1 this CPU can run; each one it cannot is left out with a line saying why."""
+    """Every engine of part 1 this CPU can run; each one it cannot is left out with a line saying why.
+
+    The ONNX models run on the CPU engines as a build plans them (the engine registry), plus OpenVINO with dynamic
+    shapes and the NNCF peer."""
     fp16 = convert_fp16(fp32, calibration, folder / "model.fp16.onnx")
-    int8 = folder / "model.int8-onnxruntime.onnx"
-    int8_trt = folder / "model.int8-tensorrt.onnx"
-    ov, dynamic = OpenVINOOptions(), OpenVINOOptions(shapes=ShapeMode.DYNAMIC)
+    fp32_model, int8, int8_trt, fp16_model = (
+        registry.read_model(path)
+        for path in (fp32.path, folder / "model.int8-onnxruntime.onnx", folder / "model.int8-tensorrt.onnx", fp16.path)
+    )
     try:
         require_bf16("openvino-bf16")
-        bf16 = [OpenVINORunner(fp32.path, "openvino-bf16", "bf16", threads=threads, options=ov)]
+        bf16 = True
     except MissingDependency as exc:  # the message ends with the hint for the CLI option
         print(f"- left out {str(exc).rsplit('; ', 1)[0]}")
-        bf16 = []
+        bf16 = False
+    planned = registry.EngineSettings(("onnxruntime", "openvino"), threads, options=(OpenVINOOptions(bf16=bf16),))
+    dynamic = registry.EngineSettings(("openvino",), threads, options=(OpenVINOOptions(shapes=ShapeMode.DYNAMIC),))
+
+    def on_cpu(model) -> list[Runner]:
+        return [registry.runner(spec) for spec in registry.plan(model, planned)]
+
+    def with_dynamic_shapes(model, name: str) -> Runner:
+        (spec,) = registry.plan(model, dynamic)
+        return registry.runner(replace(spec, name=name))
+
     return [
         PyTorchRunner(model.module, "pytorch-eager-fp32", threads),
         PyTorchRunner(folded, "pytorch-bn-folded-fp32", threads),
-        OrtRunner(fp32.path, "onnxruntime-fp32", "fp32", threads=threads),
-        OpenVINORunner(fp32.path, "openvino-fp32", "fp32", threads=threads, options=ov),
-        OpenVINORunner(fp32.path, DYNAMIC_FP32, "fp32", threads=threads, options=dynamic),
-        *bf16,
-        OrtRunner(int8, "onnxruntime-int8", "int8", "onnxruntime", threads=threads),
-        OpenVINORunner(int8, "openvino-int8", "int8", "onnxruntime", threads=threads, options=ov),
-        OpenVINORunner(int8, DYNAMIC_INT8, "int8", "onnxruntime", threads=threads, options=dynamic),
-        OrtRunner(int8_trt, "onnxruntime-int8-tensorrt", "int8", "tensorrt", threads=threads),
-        OpenVINORunner(int8_trt, "openvino-int8-tensorrt", "int8", "tensorrt", threads=threads, options=ov),
+        *on_cpu(fp32_model),
+        with_dynamic_shapes(fp32_model, DYNAMIC_FP32),
+        *on_cpu(int8),
+        with_dynamic_shapes(int8, DYNAMIC_INT8),
+        *on_cpu(int8_trt),
         OpenVINOPeer(folder / NNCF_IR, PEER_DYNAMIC, threads, static=False, shape=shape),
         OpenVINOPeer(folder / NNCF_IR, PEER_STATIC, threads, static=True, shape=shape),
-        OrtRunner(fp16.path, "onnxruntime-fp16", "fp16", threads=threads),
-        OpenVINORunner(fp16.path, "openvino-fp16", "fp16", threads=threads, options=ov),
+        *on_cpu(fp16_model),
     ]
 
 
@@ -402,7 +414,8 @@ def print_goal(samples: dict, runners: list[Runner], batch_sizes) -> None:
         verdict = "no slower" if ratio <= 1.0 else "SLOWER"
         times = f"{best} {median[(best, b)]:.2f} ms vs {peer} {median[(peer, b)]:.2f} ms"
         print(f"- goal, batch {b}: {times}: {ratio:.2f} ({verdict})")
-    for static, dynamic in (("openvino-fp32", DYNAMIC_FP32), ("openvino-int8", DYNAMIC_INT8)):
+    static_names = (engine_name("openvino", "fp32", None), engine_name("openvino", "int8", "onnxruntime"))
+    for static, dynamic in zip(static_names, (DYNAMIC_FP32, DYNAMIC_INT8)):
         ratios = ", ".join(f"b{b} {median[(static, b)] / median[(dynamic, b)]:.2f}" for b in batch_sizes)
         print(f"- {static}, static shapes (the default) / dynamic: {ratios} (< 1.00: static is faster)")
 

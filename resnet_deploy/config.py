@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from .calibration.methods import CalibrationOptions, check_percentile, check_regex, parse_method
 from .data import CROP_MODES, CROP_PCT_RANGE, INTERPOLATIONS, MEAN_RANGE, STD_RANGE, PreprocessOverrides
-from .errors import UserError
+from .engines import registry
+from .engines.kind import EngineSettings
+from .engines.openvino import MAX_STATIC_SHAPES, OpenVINOOptions, PerformanceHint, ShapeMode  # noqa: F401 - re-exported
+from .engines.ort import OrtOptions
+from .engines.trt import HardwareCompat, TensorRTOptions
+from .errors import MissingDependency, UserError
 from .isa import CpuKind, parse_cpu
 
 if TYPE_CHECKING:
@@ -32,18 +37,14 @@ class Target(enum.StrEnum):
     TENSORRT = "tensorrt"
 
 
-class Engine(enum.StrEnum):
-    """A CPU runtime that runs the ONNX models (`--engines`); TensorRT engines come with `--target tensorrt`."""
-
-    ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"
+# A CPU runtime that runs the ONNX models (`--engines`), one member per such kind of the engine registry
+# (Engine.ONNXRUNTIME, Engine.OPENVINO); TensorRT engines come with `--target tensorrt`.
+Engine = enum.StrEnum("Engine", {k.name.upper(): k.name for k in registry.KINDS if k.cpu_runtime}, module=__name__)
 
 
 def default_engines() -> tuple[Engine, ...]:
-    """ONNX Runtime, plus OpenVINO when it can be imported here (quietly left out when not)."""
-    from .engines.openvino import openvino_missing
-
-    return (Engine.ONNXRUNTIME,) if openvino_missing() else (Engine.ONNXRUNTIME, Engine.OPENVINO)
+    """ONNX Runtime, plus every other CPU runtime that can run here (quietly left out when not)."""
+    return tuple(e for e in Engine if e is Engine.ONNXRUNTIME or registry.kind(e.value).available() is None)
 
 
 def parse_engines(text: str | None) -> tuple[Engine, ...]:
@@ -54,69 +55,17 @@ def parse_engines(text: str | None) -> tuple[Engine, ...]:
     if text is None or not text.strip():
         return default_engines()
     engines = parse_enum_list(Engine, text, "--engines")
-    if Engine.OPENVINO in engines:
-        from .engines.openvino import require_openvino
-
-        require_openvino("--engines openvino")
+    for engine in engines:
+        missing = registry.kind(engine.value).available()
+        if missing:
+            raise MissingDependency(f"--engines {engine.value}: {missing}, or leave {engine.value} out of --engines")
     return engines
-
-
-class PerformanceHint(enum.StrEnum):
-    """OpenVINO's performance hint: one request as fast as possible, or many requests in parallel streams."""
-
-    LATENCY = "latency"
-    THROUGHPUT = "throughput"
-
-
-class ShapeMode(enum.StrEnum):
-    """How OpenVINO compiles the batch axis: one model per batch size seen (static), or one for all (dynamic)."""
-
-    STATIC = "static"
-    DYNAMIC = "dynamic"
-
-
-MAX_STATIC_SHAPES = 8  # compiled batch sizes an OpenVINO runner keeps (least recently used is dropped)
-
-
-@dataclass(frozen=True)
-class OpenVINOOptions:
-    """How OpenVINO compiles and runs the ONNX models on the CPU. None means OpenVINO's default.
-
-    Every model is compiled with inference precision f32: OpenVINO's CPU plugin otherwise runs FP32
-    layers in bfloat16 on CPUs that have it (its default there), which is not the FP32 model that was
-    validated. `bf16` adds an engine that does exactly that, named `openvino-bf16`.
-    """
-
-    hint: PerformanceHint = PerformanceHint.LATENCY
-    streams: int | None = None  # parallel inference streams (default: what the hint chooses)
-    cache_dir: Path | None = None  # compiled models are stored here and loaded on the next start
-    shapes: ShapeMode = ShapeMode.STATIC
-    bf16: bool = False  # also run the FP32 model with bfloat16 inference precision (`openvino-bf16`)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.hint, PerformanceHint):
-            raise UserError(f"--openvino-hint: expected one of {', '.join(h.value for h in PerformanceHint)}")
-        if not isinstance(self.shapes, ShapeMode):
-            raise UserError(f"--openvino-shapes: expected one of {', '.join(s.value for s in ShapeMode)}")
-        if self.streams is not None and not 1 <= self.streams <= 1024:
-            raise UserError(f"--openvino-streams must be between 1 and 1024, got {self.streams}")
-        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
-            raise UserError(f"--openvino-cache-dir {self.cache_dir} is a file; give a folder (it is created if missing)")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "hint": self.hint.value,
-            "streams": self.streams,
-            "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
-            "shapes": self.shapes.value,
-            "bf16": self.bf16,
-        }
 
 
 def check_engines(engines: tuple[Engine, ...], openvino: OpenVINOOptions) -> None:
     """The CPU engines and OpenVINO's options fit together (build, validate and bench)."""
     if not engines:
-        raise UserError("--engines: give at least one of onnxruntime, openvino")
+        raise UserError(f"--engines: give at least one of {', '.join(Engine)}")
     if openvino.bf16 and Engine.OPENVINO not in engines:
         raise UserError("--openvino-bf16 adds an OpenVINO engine; add openvino to --engines")
 
@@ -128,19 +77,6 @@ def parse_choice(kind: type[enum.Enum], text: str, option: str):
     except ValueError:
         valid = ", ".join(m.value for m in kind)
         raise UserError(f"{option}: unknown value {text!r}; valid values: {valid}") from None
-
-
-class HardwareCompat(enum.StrEnum):
-    """Which GPUs a TensorRT engine must run on besides the one that built it (`--hardware-compat`)."""
-
-    NONE = "none"  # only GPUs of the building GPU's kind (fastest)
-    AMPERE_PLUS = "ampere+"  # any Ampere or newer GPU (compute capability 8.0+)
-    SAME_CC = "same-cc"  # any GPU of the building GPU's compute capability
-
-    @property
-    def trt_name(self) -> str:
-        """The member name of `tensorrt.HardwareCompatibilityLevel`."""
-        return {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[self.value]
 
 
 def parse_enum_list(kind: type[enum.Enum], text: str, option: str) -> tuple:
@@ -297,52 +233,6 @@ class BenchmarkOptions:
             raise UserError("benchmark: --batch-sizes must be whole numbers >= 1")
 
 
-MAX_WORKSPACE_MIB = 1 << 20  # 1 TiB: anything larger is a typo
-
-
-@dataclass(frozen=True)
-class TensorRTOptions:
-    """How TensorRT engines are built and run (`build --target tensorrt`). None means TensorRT's default."""
-
-    workspace_mib: int | None = None  # limit of the builder's scratch memory pool
-    builder_optimization_level: int | None = None  # 0..5; TensorRT's default is 3
-    timing_cache: Path | None = None  # loaded before and saved after each build, so a rebuild is fast
-    version_compatible: bool = False  # the engine also runs on later TensorRT versions (a bit slower)
-    hardware_compat: HardwareCompat = HardwareCompat.NONE
-    tf32: bool = False  # let FP32 layers use TF32 tensor cores (off: FP32 stays FP32)
-    opt_batch_size: int | None = None  # the profile's opt batch (default: the median of --batch-sizes)
-    cuda_graph: bool = False  # replay batch-1 inference from a captured CUDA graph
-
-    def __post_init__(self) -> None:
-        if self.workspace_mib is not None and not 1 <= self.workspace_mib <= MAX_WORKSPACE_MIB:
-            raise UserError(f"--workspace-mib must be between 1 and {MAX_WORKSPACE_MIB}, got {self.workspace_mib}")
-        level = self.builder_optimization_level
-        if level is not None and not 0 <= level <= 5:
-            raise UserError(f"--builder-optimization-level must be 0..5 (TensorRT's default is 3), got {level}")
-        if not isinstance(self.hardware_compat, HardwareCompat):
-            raise UserError(f"--hardware-compat: expected one of {', '.join(h.value for h in HardwareCompat)}")
-        if self.opt_batch_size is not None and self.opt_batch_size < 1:
-            raise UserError(f"--opt-batch-size must be >= 1, got {self.opt_batch_size}")
-        if self.timing_cache is not None:
-            cache = Path(self.timing_cache)
-            if cache.is_dir():
-                raise UserError(f"--timing-cache {cache} is a folder; give a file path (it is created if missing)")
-            if not cache.parent.is_dir():
-                raise UserError(f"--timing-cache {cache}: folder {cache.parent} does not exist; create it first")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "workspace_mib": self.workspace_mib,
-            "builder_optimization_level": self.builder_optimization_level,
-            "timing_cache": None if self.timing_cache is None else str(self.timing_cache),
-            "version_compatible": self.version_compatible,
-            "hardware_compat": self.hardware_compat.value,
-            "tf32": self.tf32,
-            "opt_batch_size": self.opt_batch_size,
-            "cuda_graph": self.cuda_graph,
-        }
-
-
 def parse_hardware_compat(text: str, option: str = "--hardware-compat") -> HardwareCompat:
     return parse_choice(HardwareCompat, text, option)
 
@@ -473,6 +363,19 @@ class BuildConfig:
         check_engines(self.engines, self.openvino)
         if self.openvino.bf16 and Precision.FP32 not in self.precisions:
             raise UserError("--openvino-bf16 runs the FP32 model in bfloat16; add fp32 to --precision")
+
+    def engine_settings(self) -> EngineSettings:
+        """What the engines of this build need: --engines (and TensorRT with --target tensorrt), each kind's options."""
+        kinds = tuple(e.value for e in self.engines) + ((Target.TENSORRT.value,) if Target.TENSORRT in self.targets else ())
+        return EngineSettings(
+            kinds=kinds,
+            threads=self.threads,
+            batch_sizes=self.benchmark.batch_sizes,
+            largest_batch=self.batch_size,
+            opt_batch=self.tensorrt.opt_batch_size,
+            folder=self.out.absolute(),
+            options=(OrtOptions(self.providers), self.openvino, self.tensorrt),
+        )
 
 
 def _check_providers(text: str, option: str) -> object:

@@ -28,6 +28,7 @@ from resnet_deploy.config import (
     parse_engines,
 )
 from resnet_deploy.data import open_dataset
+from resnet_deploy.engines.naming import engine_name
 from resnet_deploy.engines.openvino import OpenVINORunner
 from resnet_deploy.engines.ort import exact_runner
 from resnet_deploy.engines.pytorch import PyTorchRunner
@@ -35,7 +36,6 @@ from resnet_deploy.errors import MissingDependency, UserError
 from resnet_deploy.isa import host_isa
 from resnet_deploy.pipeline.kernels import kernel_loss
 from resnet_deploy.pipeline.plan import plan_engines
-from resnet_deploy.pipeline.report import engine_name
 from resnet_deploy.pipeline.validate import validate_all
 
 from .conftest import accurate_or_flagged, build_args

@@ -18,10 +18,12 @@ from click.testing import CliRunner
 from resnet_deploy.artifacts import EngineArtifact, sidecar_path, write_with_sidecar
 from resnet_deploy.cli import cli
 from resnet_deploy.config import BuildConfig, Engine, HardwareCompat, Target, TensorRTOptions, parse_hardware_compat
+from resnet_deploy.engines.naming import engine_name
 from resnet_deploy.engines.ort import (
     SIMULATED_INT8,
     OrtRunner,
     OrtTensorrtOptions,
+    ort_tensorrt_options,
     parse_providers,
     tensorrt_provider_options,
     tensorrt_refusal,
@@ -42,8 +44,8 @@ from resnet_deploy.engines.trt import (
 )
 from resnet_deploy.errors import CheckFailed, MissingDependency, UserError
 from resnet_deploy.pipeline.benchmark import Latency
-from resnet_deploy.pipeline.plan import ort_tensorrt_options, plan_engines
-from resnet_deploy.pipeline.report import engine_name, to_markdown
+from resnet_deploy.pipeline.plan import plan_engines
+from resnet_deploy.pipeline.report import to_markdown
 
 from .conftest import build_args, one_error_line
 

@@ -21,15 +21,12 @@ def _runners(
     batch_sizes: tuple[int, ...],
 ):
     """Runners for --onnx files on each engine of --engines and TensorRT runners for --engine files (at least one)."""
-    from ..config import Engine, check_engines, parse_engines
-    from ..engines.openvino import OpenVINORunner
-    from ..engines.ort import OrtRunner, describe_onnx, ort_backend_label, parse_providers
-    from ..engines.trt import TensorRTRunner
+    from ..config import check_engines, parse_engines
+    from ..engines import registry
+    from ..engines.ort import OrtOptions, parse_providers
     from ..isa import host_isa
     from ..isa import mismatch as cpu_mismatch
     from ..pipeline.kernels import made_for_cpu
-    from ..pipeline.plan import ort_tensorrt_options
-    from ..pipeline.report import engine_name
 
     if not onnx_paths and not engine_paths:
         raise UserError("give at least one --onnx model or --engine file")
@@ -37,21 +34,19 @@ def _runners(
     engines = parse_engines(options.get("engines"))
     openvino = parse_openvino(options)
     check_engines(engines, openvino)
-    runners = []
+    settings = registry.EngineSettings(
+        tuple(e.value for e in engines), threads, tuple(batch_sizes), options=(OrtOptions(chain), openvino)
+    )
+    specs = []
     host = host_isa()
     for path in onnx_paths:
-        precision, target = describe_onnx(path)
+        model = registry.read_model(path)
         mismatch = cpu_mismatch(made_for_cpu(path), host, str(path))
         if mismatch:
             click.echo(f"warning: {mismatch}", err=True)
-        if Engine.ONNXRUNTIME in engines:
-            name = engine_name(ort_backend_label(chain), precision, target)
-            runners.append(OrtRunner(path, name, precision, target, chain, threads, ort_tensorrt_options(batch_sizes)))
-        if Engine.OPENVINO in engines:
-            compute = [precision, "bf16"] if openvino.bf16 and precision == "fp32" else [precision]
-            runners += [OpenVINORunner(path, engine_name("openvino", p, target), p, target, threads, openvino) for p in compute]
-    runners += [TensorRTRunner(path) for path in engine_paths]
-    return runners
+        specs += registry.plan(model, settings)
+    specs += [registry.kind("tensorrt").built(path, settings) for path in engine_paths]
+    return [registry.runner(spec) for spec in specs]
 
 
 def _runner_path(runner) -> str:

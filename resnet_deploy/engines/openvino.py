@@ -19,6 +19,7 @@ computes in FP32 from FP16 weights. Settings that decide what the numbers mean:
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MAX_STATIC_SHAPES, OpenVINOOptions, PerformanceHint, ShapeMode
 from ..errors import CheckFailed, MissingDependency, UserError
 from .base import Runner
+from .kind import EngineKind, EngineSettings, EngineSpec, Model
 
 DEVICE = "CPU"
 # What the compiled model says about how it runs, copied into describe() as compiled_<name in lower case>.
@@ -44,6 +45,64 @@ REPORTED_PROPERTIES = (
 )
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
 INFERENCE_PRECISION = {"bf16": "bf16"}  # runner precision -> OpenVINO inference precision; every other one: f32
+
+
+# ------------------------------------------------------------------------------------- options
+
+
+class PerformanceHint(enum.StrEnum):
+    """OpenVINO's performance hint: one request as fast as possible, or many requests in parallel streams."""
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
+
+
+class ShapeMode(enum.StrEnum):
+    """How OpenVINO compiles the batch axis: one model per batch size seen (static), or one for all (dynamic)."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+MAX_STATIC_SHAPES = 8  # compiled batch sizes an OpenVINO runner keeps (least recently used is dropped)
+
+
+@dataclass(frozen=True)
+class OpenVINOOptions:
+    """How OpenVINO compiles and runs the ONNX models on the CPU. None means OpenVINO's default.
+
+    Every model is compiled with inference precision f32: OpenVINO's CPU plugin otherwise runs FP32
+    layers in bfloat16 on CPUs that have it (its default there), which is not the FP32 model that was
+    validated. `bf16` adds an engine that does exactly that, named `openvino-bf16`.
+    """
+
+    hint: PerformanceHint = PerformanceHint.LATENCY
+    streams: int | None = None  # parallel inference streams (default: what the hint chooses)
+    cache_dir: Path | None = None  # compiled models are stored here and loaded on the next start
+    shapes: ShapeMode = ShapeMode.STATIC
+    bf16: bool = False  # also run the FP32 model with bfloat16 inference precision (`openvino-bf16`)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hint, PerformanceHint):
+            raise UserError(f"--openvino-hint: expected one of {', '.join(h.value for h in PerformanceHint)}")
+        if not isinstance(self.shapes, ShapeMode):
+            raise UserError(f"--openvino-shapes: expected one of {', '.join(s.value for s in ShapeMode)}")
+        if self.streams is not None and not 1 <= self.streams <= 1024:
+            raise UserError(f"--openvino-streams must be between 1 and 1024, got {self.streams}")
+        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise UserError(f"--openvino-cache-dir {self.cache_dir} is a file; give a folder (it is created if missing)")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hint": self.hint.value,
+            "streams": self.streams,
+            "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
+            "shapes": self.shapes.value,
+            "bf16": self.bf16,
+        }
+
+
+# ------------------------------------------------------------------------------------- availability
 
 
 def openvino_missing() -> str | None:
@@ -281,3 +340,25 @@ def _loaded_from_cache(compiled: Any) -> bool:
         return bool(compiled.get_property("LOADED_FROM_CACHE"))
     except Exception:  # noqa: BLE001 - an OpenVINO without the property: unknown means no
         return False
+
+
+class OpenVINOKind(EngineKind):
+    """Every ONNX model on OpenVINO's CPU plugin in f32 inference precision; with `OpenVINOOptions.bf16` the FP32
+    model once more in bfloat16 (`openvino-bf16`)."""
+
+    name = "openvino"
+    title = "OpenVINO"
+    options_type = OpenVINOOptions
+    cpu_runtime = True
+
+    def available(self) -> str | None:
+        return openvino_missing()
+
+    def _plan(self, model: Model, settings: EngineSettings) -> list[EngineSpec]:
+        specs = [self.spec(model, settings)]
+        if self.options(settings).bf16 and model.precision == "fp32":
+            specs.append(self.spec(model, settings, precision="bf16"))
+        return specs
+
+    def _runner(self, spec: EngineSpec) -> OpenVINORunner:
+        return OpenVINORunner(spec.file, spec.name, spec.precision, spec.target, spec.threads, spec.options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 from ..artifacts import read_onnx, sha256_file
 from ..errors import MissingDependency, UserError
 from .base import Runner
+from .kind import EngineKind, EngineSettings, EngineSpec, Model
+from .trt import BatchProfile
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -96,6 +99,24 @@ class OrtTensorrtOptions:
 
     def root(self) -> Path:
         return self.cache_root or default_cache_root()
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """How ONNX Runtime runs the ONNX models: its execution providers (`--providers`, parsed by parse_providers)."""
+
+    providers: tuple[str, ...] = ("cpu",)
+
+    def __post_init__(self) -> None:
+        if not self.providers or self.providers[-1] != "cpu" or any(p not in PROVIDERS for p in self.providers):
+            raise UserError(f"--providers: expected some of {', '.join(PROVIDERS)} ending with cpu, got {self.providers}")
+
+
+def ort_tensorrt_options(batch_sizes: Sequence[int], largest: int = 1, opt: int | None = None) -> OrtTensorrtOptions:
+    """ONNX Runtime's TensorRT provider profile: opt as for TensorRT's own engines (from the benchmarked sizes),
+    min 1 and max the largest batch it will see (`largest`: validation's batch size; its last batch may be short)."""
+    profile = BatchProfile.from_batch_sizes(tuple(batch_sizes), opt)
+    return OrtTensorrtOptions(profile=(1, profile.opt, max(profile.max, largest)))
 
 
 def tensorrt_provider_options(
@@ -321,3 +342,29 @@ def image_input(proto, path: Path) -> tuple[str, tuple[int, int, int]]:
     if len(dims) != 4 or not all(dims[1:]):
         raise UserError(f"--onnx {path}: input shape {dims} is not (N, C, H, W) with fixed C, H, W")
     return inputs[0].name, (dims[1], dims[2], dims[3])
+
+
+class OnnxRuntimeKind(EngineKind):
+    """Every ONNX model on ONNX Runtime, on the execution providers of `OrtOptions` (`onnxruntime-cuda-...` when a
+    GPU provider comes first); its TensorRT provider gets the batch profile of the timed batch sizes."""
+
+    name = "onnxruntime"
+    title = "ONNX Runtime"
+    options_type = OrtOptions
+    cpu_runtime = True
+
+    def available(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - ImportError, or an OSError from its native libraries
+            return f"ONNX Runtime is not installed here (no importable `onnxruntime` module: {type(exc).__name__})"
+        return None
+
+    def _plan(self, model: Model, settings: EngineSettings) -> list[EngineSpec]:
+        options = self.options(settings)
+        profile = ort_tensorrt_options(settings.batch_sizes, settings.largest_batch, settings.opt_batch).profile
+        return [self.spec(model, settings, backend=ort_backend_label(options.providers), profile=profile)]
+
+    def _runner(self, spec: EngineSpec) -> OrtRunner:
+        tensorrt = OrtTensorrtOptions(profile=spec.profile)
+        return OrtRunner(spec.file, spec.name, spec.precision, spec.target, spec.options.providers, spec.threads, tensorrt)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import enum
 import functools
 import importlib.metadata
 import re
@@ -30,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import EngineArtifact, OnnxArtifact, atomic_path, sha256_file, sidecar_path, write_json_atomic
-from ..config import HardwareCompat, TensorRTOptions
 from ..errors import CheckFailed, MissingDependency, ResnetDeployError, UserError
 from .base import Runner
+from .kind import EngineKind, EngineSettings, EngineSpec, Model
+from .naming import engine_name
 
 MIN_TENSORRT_MAJOR = 10
 AMPERE = (8, 0)
@@ -40,6 +42,68 @@ AMPERE = (8, 0)
 
 def engine_file_name(precision: str) -> str:
     return f"model.{precision}.engine"
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+class HardwareCompat(enum.StrEnum):
+    """Which GPUs a TensorRT engine must run on besides the one that built it (`--hardware-compat`)."""
+
+    NONE = "none"  # only GPUs of the building GPU's kind (fastest)
+    AMPERE_PLUS = "ampere+"  # any Ampere or newer GPU (compute capability 8.0+)
+    SAME_CC = "same-cc"  # any GPU of the building GPU's compute capability
+
+    @property
+    def trt_name(self) -> str:
+        """The member name of `tensorrt.HardwareCompatibilityLevel`."""
+        return {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[self.value]
+
+
+MAX_WORKSPACE_MIB = 1 << 20  # 1 TiB: anything larger is a typo
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """How TensorRT engines are built and run (`build --target tensorrt`). None means TensorRT's default."""
+
+    workspace_mib: int | None = None  # limit of the builder's scratch memory pool
+    builder_optimization_level: int | None = None  # 0..5; TensorRT's default is 3
+    timing_cache: Path | None = None  # loaded before and saved after each build, so a rebuild is fast
+    version_compatible: bool = False  # the engine also runs on later TensorRT versions (a bit slower)
+    hardware_compat: HardwareCompat = HardwareCompat.NONE
+    tf32: bool = False  # let FP32 layers use TF32 tensor cores (off: FP32 stays FP32)
+    opt_batch_size: int | None = None  # the profile's opt batch (default: the median of --batch-sizes)
+    cuda_graph: bool = False  # replay batch-1 inference from a captured CUDA graph
+
+    def __post_init__(self) -> None:
+        if self.workspace_mib is not None and not 1 <= self.workspace_mib <= MAX_WORKSPACE_MIB:
+            raise UserError(f"--workspace-mib must be between 1 and {MAX_WORKSPACE_MIB}, got {self.workspace_mib}")
+        level = self.builder_optimization_level
+        if level is not None and not 0 <= level <= 5:
+            raise UserError(f"--builder-optimization-level must be 0..5 (TensorRT's default is 3), got {level}")
+        if not isinstance(self.hardware_compat, HardwareCompat):
+            raise UserError(f"--hardware-compat: expected one of {', '.join(h.value for h in HardwareCompat)}")
+        if self.opt_batch_size is not None and self.opt_batch_size < 1:
+            raise UserError(f"--opt-batch-size must be >= 1, got {self.opt_batch_size}")
+        if self.timing_cache is not None:
+            cache = Path(self.timing_cache)
+            if cache.is_dir():
+                raise UserError(f"--timing-cache {cache} is a folder; give a file path (it is created if missing)")
+            if not cache.parent.is_dir():
+                raise UserError(f"--timing-cache {cache}: folder {cache.parent} does not exist; create it first")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workspace_mib": self.workspace_mib,
+            "builder_optimization_level": self.builder_optimization_level,
+            "timing_cache": None if self.timing_cache is None else str(self.timing_cache),
+            "version_compatible": self.version_compatible,
+            "hardware_compat": self.hardware_compat.value,
+            "tf32": self.tf32,
+            "opt_batch_size": self.opt_batch_size,
+            "cuda_graph": self.cuda_graph,
+        }
 
 
 # ------------------------------------------------------------------------------------- availability
@@ -453,8 +517,6 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, engine_path: Path, name: str | None = None, cuda_graph: bool = False) -> None:
-        from ..pipeline.report import engine_name
-
         self.engine_path = Path(engine_path)
         self.artifact = EngineArtifact.read(self.engine_path)  # manifest + sha256; needs no TensorRT
         a = self.artifact
@@ -686,3 +748,38 @@ def _torch_dtype(trt_dtype: Any) -> Any:
     from polygraphy.datatype import DataType
 
     return DataType.to_dtype(DataType.from_dtype(trt_dtype, source_module="tensorrt"), "torch")
+
+
+class TensorRTKind(EngineKind):
+    """A TensorRT engine built from each model made for TensorRT: those without a target (FP32, FP16) and the
+    tensorrt-target INT8; a model quantized for another target is not TensorRT's. Its file is `model.<precision>.engine`
+    (`.best-effort.engine` for a mixed-precision model that missed its target), tuned for the timed batch sizes."""
+
+    name = "tensorrt"
+    title = "TensorRT"
+    options_type = TensorRTOptions
+
+    def available(self) -> str | None:
+        missing = missing_requirements()
+        return missing_message(missing) if missing else None
+
+    def _plan(self, model: Model, settings: EngineSettings) -> list[EngineSpec]:
+        if model.target not in (None, self.native_target):
+            return []
+        file = engine_file_name(model.precision)
+        if ".best-effort." in Path(model.path).name:  # a mixed-precision search missed its target: say so here too
+            file = file.replace(".engine", ".best-effort.engine")
+        profile = BatchProfile.from_batch_sizes(tuple(settings.batch_sizes), settings.opt_batch)
+        folder = settings.folder or Path(model.path).parent
+        return [self.spec(model, settings, file=folder / file, profile=(profile.min, profile.opt, profile.max))]
+
+    def build(self, spec: EngineSpec, folder: Path) -> dict[str, Any]:
+        if not isinstance(spec.model, OnnxArtifact):
+            raise RuntimeError(f"engine {spec.name}: TensorRT builds from an ONNX file with its sidecar (an OnnxArtifact)")
+        return build_engine(spec.model, Path(folder) / spec.file.name, spec.options, BatchProfile(*spec.profile)).metadata()
+
+    def built(self, path: Path, settings: EngineSettings) -> EngineSpec:
+        return self.spec(EngineArtifact.read(Path(path)), settings)
+
+    def _runner(self, spec: EngineSpec) -> TensorRTRunner:
+        return TensorRTRunner(spec.file, name=spec.name, cuda_graph=spec.options.cuda_graph)

@@ -18,10 +18,10 @@ from ..calibration.quantize import ModelOptSession, judged_exactly, tensorrt_int
 from ..calibration.search import MixedPrecision
 from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, ImageFolderDataset, SkipSummary, check_labels, first_images, open_dataset
+from ..engines import registry
 from ..engines.base import Runner
 from ..engines.ort import exact_runner
 from ..engines.pytorch import PyTorchRunner
-from ..engines.trt import BatchProfile
 from ..isa import host_isa
 from ..isa import mismatch as cpu_mismatch
 from ..models import load_model
@@ -30,7 +30,7 @@ from .benchmark import benchmark_all
 from .export import export_onnx
 from .fold import fold_and_verify, save_folded
 from .kernels import broken_model, kernel_loss
-from .plan import EngineSpec, build_engines, check_engine_options, plan_engines
+from .plan import PlannedEngine, build_engines, check_engine_options, plan_engines
 from .quantize import CalibrationImages, calibrate_model, fixed_nodes, prepare_calibration, quantize_one, target_check
 from .report import EngineResult, Report, environment, read_report
 from .validate import Accuracy, validate_all
@@ -173,7 +173,7 @@ def int8_name(target: Target) -> str:
 def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
     baseline = read_report(config.baseline, "baseline") if config.baseline is not None else None  # bad input: fail first
     timer = StageTimer()
-    profile = check_engine_options(config)
+    check_engine_options(config)
     reduced = any(p is not Precision.FP32 for p in config.precisions)
     with timer("load"):
         model = load_model(config.arch, config.weights, config.num_classes, config.input_size, config.model_options)
@@ -228,7 +228,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             )
         specs = plan_engines(artifacts, config, tensorrt_only)
         with timer("engines"):
-            results, maybe_runners, engine_notes = build_engines(specs, config, stage, profile, progress)
+            results, maybe_runners, engine_notes = build_engines(specs, config, stage, progress)
         runnable = [(result, runner) for result, runner in zip(results, maybe_runners) if runner is not None]
         runners = [runner for _, runner in runnable]
         reference_runner = PyTorchRunner(model.module, threads=config.threads)
@@ -249,7 +249,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
         broken = _judge_against_exact(specs, results, exact_accuracies)
         if searches:
             with timer("latency-cost"):
-                _mixed_precision_results(specs, results, maybe_runners, searches, config, sample, Path(work), profile, progress)
+                _mixed_precision_results(specs, results, maybe_runners, searches, config, sample, Path(work), progress)
 
         ref_top1 = next((r.accuracy.top1_ref for r in results if r.accuracy and r.accuracy.top1_ref is not None), None)
         ref_top5 = next((r.accuracy.top5_ref for r in results if r.accuracy and r.accuracy.top5_ref is not None), None)
@@ -307,7 +307,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
     return report
 
 
-def _judge_against_exact(specs: list[EngineSpec], results: list[EngineResult], exact: dict[str, Accuracy]) -> list[str]:
+def _judge_against_exact(specs: list[PlannedEngine], results: list[EngineResult], exact: dict[str, Accuracy]) -> list[str]:
     """Give each engine of a reduced-precision model its model's exact accuracy and, where the engine loses markedly
     more, the kernel-loss line; return the lines for models below the sanity floor (kernels.py)."""
     host = host_isa()
@@ -324,14 +324,13 @@ def _judge_against_exact(specs: list[EngineSpec], results: list[EngineResult], e
 
 
 def _mixed_precision_results(
-    specs: list[EngineSpec],
+    specs: list[PlannedEngine],
     results: list[EngineResult],
     runners: list[Runner | None],
     searches: dict[str, MixedPrecision],
     config: BuildConfig,
     images,
     work: Path,
-    profile: BatchProfile,
     progress: Progress,
 ) -> None:
     """For each engine of a searched model: the target checked on --val-data, and the latency the nodes left in
@@ -344,22 +343,25 @@ def _mixed_precision_results(
         # checked on the number the search used: the model's exact accuracy where that is what it is judged by
         judged = result.reference_accuracy if judged_exactly(search.target_kind, config.cpu) else result.accuracy
         record = target_check(
-            search, judged, result.name, runner, functools.partial(_baseline_runner, spec, search, config, work, profile), images,
+            search, judged, result.name, runner, functools.partial(_baseline_runner, spec, search, work), images,
             options.batch_sizes, progress, record=result.quantization["mixed_precision"],
         )  # fmt: skip
         result.quantization = {**result.quantization, "mixed_precision": record}
 
 
-def _baseline_runner(spec: EngineSpec, search: MixedPrecision, config: BuildConfig, work: Path, profile: BatchProfile) -> Runner:
-    """A runner of the fully quantized model on the same kind of engine as `spec` (before the search)."""
-    if not spec.is_tensorrt:  # ONNX Runtime, OpenVINO: the same engine settings on the fully quantized ONNX
-        return replace(spec, artifact=replace(spec.artifact, path=search.baseline_files["fp32"])).runner(config, work)
-    from ..engines.trt import TensorRTRunner, build_engine
-
+def _baseline_runner(engine: PlannedEngine, search: MixedPrecision, work: Path) -> Runner:
+    """A runner of the fully quantized model on the same kind of engine as `engine` (before the search): the same
+    engine settings on the fully quantized ONNX, or, for a kind that compiles a file, a file compiled from its twin."""
+    spec = engine.spec
+    if not engine.builds:  # ONNX Runtime, OpenVINO
+        path = search.baseline_files["fp32"]
+        return registry.runner(replace(spec, model=replace(spec.model, path=path), file=path))
     twin = search.baseline_twin(work / "baseline-twin")  # FP16 elsewhere, as the engine that was built
-    baseline = replace(spec.artifact, path=twin)
-    engine = build_engine(baseline, work / "baseline.engine", config.tensorrt, profile)
-    return TensorRTRunner(engine.path, name=f"{spec.name}-all-int8", cuda_graph=config.tensorrt.cuda_graph)
+    baseline = replace(
+        spec, model=replace(spec.model, path=twin), file=work / f"baseline{spec.file.suffix}", name=f"{spec.name}-all-int8"
+    )
+    registry.kind(spec.kind).build(baseline, work)
+    return registry.runner(baseline)
 
 
 def _calibration_summary(calibration: Calibration, path: Path) -> dict[str, object]:

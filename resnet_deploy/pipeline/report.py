@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..artifacts import read_user_text, write_json_atomic, write_text_atomic
+from ..engines.naming import int8_compute, precision_label  # noqa: F401 - int8_compute: re-exported for cli.py
 from ..errors import UserError
 from ..isa import host_isa
 from .benchmark import Latency
@@ -24,23 +25,6 @@ if TYPE_CHECKING:
     from ..gates import GateReport
 
 SCHEMA = "resnet-deploy/report/v1"
-
-
-# The INT8 recipe each backend runs by default: its own, except OpenVINO, whose default is the onnxruntime-target
-# U8S8 Q/DQ model (measured as fast on OpenVINO as OpenVINO's own NNCF quantization; README, Performance).
-NATIVE_TARGET = {"onnxruntime": "onnxruntime", "openvino": "onnxruntime", "tensorrt": "tensorrt"}
-
-
-def engine_name(backend: str, precision: str, target: str | None) -> str:
-    """`<backend>-<precision>`, plus `-<target>` when the model is not the one made for this backend.
-
-    A backend may name its device: `onnxruntime-cuda` (ONNX Runtime on its CUDA execution provider) is
-    still onnxruntime, so `onnxruntime-cuda-int8` runs the INT8 model made for onnxruntime. OpenVINO runs the
-    onnxruntime-target INT8 model as its own (`openvino-int8`); the tensorrt-target one is `openvino-int8-tensorrt`.
-    """
-    name = f"{backend}-{precision}"
-    family = backend.split("-")[0]
-    return f"{name}-{target}" if target and target != NATIVE_TARGET.get(family, family) else name
 
 
 @dataclass
@@ -80,17 +64,6 @@ class EngineResult:
             "error": self.error,
             "passed": not self.failed,
         }
-
-
-def int8_compute(engine: dict[str, Any]) -> str | None:
-    """How an INT8 row computes when that is not real INT8 (ONNX Runtime's CUDA provider), from its runner details."""
-    details = engine.get("details") or {}
-    return (details.get("runtime") or details).get("int8_compute")
-
-
-def precision_label(engine: dict[str, Any]) -> str:
-    """The row's precision, marked when its INT8 is simulated (DequantizeLinear + FP32 convolutions)."""
-    return f"{engine['precision']} (simulated: DequantizeLinear + FP32 convs)" if int8_compute(engine) else engine["precision"]
 
 
 def target_failure(name: str, path: str | None, quantization: dict[str, Any] | None) -> str | None:

@@ -61,20 +61,23 @@ def select_models(models: list[RepositoryModel], names: tuple[str, ...] | None) 
 
 
 def in_process_runner(model: RepositoryModel, threads: int | None):
-    """The engine the served model runs, in this process, on the repository's own file."""
-    from ..config import OpenVINOOptions, ShapeMode
-    from ..engines.openvino import OpenVINORunner
-    from ..engines.ort import OrtRunner
+    """The engine the served model runs, in this process, on the repository's own file (as the registry plans it)."""
+    from dataclasses import replace
+
+    from ..engines import registry
+    from ..engines.openvino import OpenVINOOptions, ShapeMode
 
     family = model.backend.split("-")[0]
-    name = f"{model.engine} (in process)"
-    if family == "openvino":
-        options = OpenVINOOptions(shapes=ShapeMode.DYNAMIC)  # as model.py and Triton's OpenVINO backend compile it
-        return OpenVINORunner(model.model_file, name, model.precision, model.target, threads, options)
-    if family == "onnxruntime":
-        precision = "fp32" if model.precision == "bf16" else model.precision
-        return OrtRunner(model.model_file, name, precision, model.target, ("cpu",), threads)
-    raise UserError(f"{model.name}: no in-process engine for {model.backend} here to check it against")
+    kind = next((k for k in registry.KINDS if k.name == family and not k.builds), None)
+    if kind is None:
+        raise UserError(f"{model.name}: no in-process engine for {model.backend} here to check it against")
+    # OpenVINO with dynamic shapes, as model.py and Triton's OpenVINO backend compile it; ONNX Runtime on the CPU
+    options = (OpenVINOOptions(shapes=ShapeMode.DYNAMIC, bf16=model.precision == "bf16"),)
+    settings = registry.EngineSettings((kind.name,), threads, options=options)
+    file_precision = "fp32" if model.precision == "bf16" else model.precision  # openvino-bf16 runs the FP32 model
+    specs = registry.plan(registry.ModelFile(model.model_file, file_precision, model.target), settings)
+    spec = next((s for s in specs if s.precision == model.precision), specs[0])
+    return registry.runner(replace(spec, name=f"{model.engine} (in process)"))
 
 
 def agreement(served: np.ndarray, reference: np.ndarray, atol: float) -> dict[str, Any]:
