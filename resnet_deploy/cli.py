@@ -450,7 +450,7 @@ def gate(progress, report_path: Path, gates: Path | None, overrides, baseline, j
     """Check a report.json against accuracy and latency thresholds: a line per gate, exit 1 if any fails."""
     from .artifacts import write_text_atomic
     from .gates import evaluate
-    from .pipeline.report import read_report
+    from .reports.schema import read_report
 
     thresholds = _load_gates(gates, overrides, baseline)
     if thresholds is None:
@@ -460,7 +460,7 @@ def gate(progress, report_path: Path, gates: Path | None, overrides, baseline, j
     result = evaluate(thresholds, report, old, report_label=str(report_path), baseline_label=baseline and str(baseline))
     _render_gates(result.as_dict(), junit, summary)
     if html_out is not None:
-        from .pipeline.html import render_html
+        from .reports.html import render_html
 
         write_text_atomic(html_out, render_html(report, result.as_dict()))
     return result.return_code
@@ -472,8 +472,8 @@ def gate(progress, report_path: Path, gates: Path | None, overrides, baseline, j
 @_common
 def compare(progress, old_path: Path, new_path: Path) -> int:
     """Accuracy and latency of two reports side by side, with deltas and % changes (Markdown on stdout)."""
-    from .compare import compare_reports
-    from .pipeline.report import read_report
+    from .reports.compare import compare_reports
+    from .reports.schema import read_report
 
     old, new = read_report(old_path, "OLD report"), read_report(new_path, "NEW report")
     click.echo(compare_reports(old, new, str(old_path), str(new_path)), nl=False)
@@ -494,8 +494,9 @@ def compare(progress, old_path: Path, new_path: Path) -> int:
 def report(progress, report_path: Path, html_out: Path | None, markdown_out: Path | None, layers_path: Path | None) -> int:
     """Render report.html (or report.md) again from a report.json, e.g. one downloaded from CI."""
     from .artifacts import write_text_atomic
-    from .pipeline.html import render_html
-    from .pipeline.report import read_layers, read_report, to_markdown
+    from .reports.html import render_html
+    from .reports.markdown import to_markdown
+    from .reports.schema import read_layers, read_report
 
     if html_out is None and markdown_out is None:
         raise UserError("give --html OUT.html and/or --markdown OUT.md")
@@ -766,8 +767,8 @@ def _quantize_to_target(
     from .data import first_images
     from .engines.ort import OrtRunner
     from .pipeline.benchmark import latency_cost
-    from .pipeline.report import target_failure
     from .pipeline.validate import ReferenceOutputs, validate
+    from .reports.report import target_failure
 
     example = first_images(calibration_set.dataset, 1)
     twin = target is Target.TENSORRT  # for TensorRT: FP16 between the quantized layers and in the nodes left out
@@ -862,7 +863,7 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
     from .config import Target, parse_enum_list
     from .data import Preprocess, first_images, open_dataset
     from .isa import parse_cpu
-    from .pipeline.html import render_layers_html
+    from .reports.html import render_layers_html
 
     targets = parse_enum_list(Target, options["target"], "--target")
     if len(targets) > 1:
@@ -944,7 +945,7 @@ def _runners(
     from .isa import mismatch as cpu_mismatch
     from .pipeline.kernels import made_for_cpu
     from .pipeline.plan import ort_tensorrt_options
-    from .pipeline.report import engine_name
+    from .reports.report import engine_name
 
     if not onnx_paths and not engine_paths:
         raise UserError("give at least one --onnx model or --engine file")
@@ -1283,7 +1284,7 @@ def serve_check(progress, repo: Path, val_data: Path, build_dir: Path, **options
     """Serve a repository on a real tritonserver: served logits against the engine in process, latency under load."""
     from .config import parse_int_list
     from .data import Preprocess, first_images, open_dataset
-    from .pipeline.report import read_report
+    from .reports.schema import read_report
     from .serving.check import ServeCheckOptions, write_serving
     from .serving.check import serve_check as run_check
     from .serving.load import LoadOptions
@@ -1349,7 +1350,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     """A short table on stdout: accuracy and latency per engine."""
     from rich.table import Table
 
-    from .pipeline.report import int8_compute
+    from .reports.report import int8_compute
 
     rows = [report["reference"], *report["engines"]] if report["reference"].get("latency") else report["engines"]
     batch_sizes = sorted({lat["batch_size"] for row in rows for lat in row.get("latency", [])})

@@ -35,8 +35,8 @@ from resnet_deploy.errors import MissingDependency, UserError
 from resnet_deploy.isa import host_isa
 from resnet_deploy.pipeline.kernels import kernel_loss
 from resnet_deploy.pipeline.plan import plan_engines
-from resnet_deploy.pipeline.report import engine_name
 from resnet_deploy.pipeline.validate import validate_all
+from resnet_deploy.reports.report import engine_name
 
 from .conftest import accurate_or_flagged, build_args
 

@@ -41,9 +41,9 @@ from resnet_deploy.engines.trt import (
     version_tuple,
 )
 from resnet_deploy.errors import CheckFailed, MissingDependency, UserError
-from resnet_deploy.pipeline.benchmark import Latency
 from resnet_deploy.pipeline.plan import ort_tensorrt_options, plan_engines
-from resnet_deploy.pipeline.report import engine_name, to_markdown
+from resnet_deploy.reports.markdown import to_markdown
+from resnet_deploy.reports.report import Latency, engine_name
 
 from .conftest import build_args, one_error_line
 
@@ -436,7 +436,7 @@ def test_tensorrt_refusal_names_the_versions():
 def test_tensorrt_provider_that_cannot_start_is_one_line(fp32_onnx, tmp_path):
     """The real ONNX Runtime session, asked for its TensorRT provider on a machine without TensorRT: one line
     saying so (no silent fallback to CUDA or the CPU), with the options it was given."""
-    from resnet_deploy.artifacts import sha256_file
+    from resnet_deploy.files import sha256_file
 
     runner = OrtRunner(
         fp32_onnx.path, "onnxruntime-tensorrt-fp32", "fp32", None, parse_providers("tensorrt"), 1,

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import OnnxArtifact, write_onnx_artifact
-from ..config import Target
 from ..errors import CheckFailed
 from ..isa import CpuKind, host_isa
+from ..options import Target
 from .calibrate import Calibration
 from .graph import QDQ_OPS, checked_onnx, count_ops, derived_artifact, excluded_nodes, load_onnx, producers, quantized_nodes
 

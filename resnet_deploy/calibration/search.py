@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import OnnxArtifact
-from ..config import AccuracyTarget, Target
 from ..data import Dataset
+from ..engines.accuracy import Accuracy
 from ..isa import CpuKind
-from ..pipeline.validate import Accuracy
+from ..options import AccuracyTarget, Target
 from ..progress import Progress
 from .calibrate import Calibration
 from .graph import load_onnx, quantized_nodes

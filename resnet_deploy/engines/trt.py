@@ -453,7 +453,7 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, engine_path: Path, name: str | None = None, cuda_graph: bool = False) -> None:
-        from ..pipeline.report import engine_name
+        from ..reports.report import engine_name
 
         self.engine_path = Path(engine_path)
         self.artifact = EngineArtifact.read(self.engine_path)  # manifest + sha256; needs no TensorRT

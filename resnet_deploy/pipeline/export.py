@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import OnnxArtifact, atomic_path, sha256_file, sidecar_path, write_json_atomic
+from ..artifacts import OnnxArtifact, sidecar_path
 from ..errors import CheckFailed, UserError
+from ..files import atomic_path, sha256_file, write_json_atomic
 from ..models import ModelInfo
 from .parity import Parity, compare_logits
 

@@ -22,7 +22,7 @@ from ..engines.ort import OrtRunner, OrtTensorrtOptions, ort_backend_label
 from ..engines.trt import BatchProfile, TensorRTRunner, build_engine, engine_file_name, missing_message, missing_requirements
 from ..errors import MissingDependency, UserError
 from ..progress import Progress
-from .report import EngineResult, engine_name
+from ..reports.report import EngineResult, engine_name
 
 
 @dataclass(frozen=True)
