@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from .errors import UserError
 from .files import atomic_path, sha256_file, write_json_atomic, write_text_atomic  # noqa: F401 - write_text_atomic for cli.py
@@ -26,21 +26,26 @@ def sidecar_path(path: Path) -> Path:
     return Path(str(path) + SIDECAR_SUFFIX)
 
 
-def write_with_sidecar(path: Path, write: Callable[[Path], None], metadata: dict[str, Any]) -> None:
-    """Write a file through `write(tmp_path)` atomically, then its sidecar (with the file's sha256)."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-        digest = sha256_file(tmp)
-    write_json_atomic(sidecar_path(path), {**metadata, "sha256": digest})
-
-
-def write_onnx_artifact(path: Path, produce: Callable[[Path], "OnnxArtifact"]) -> "OnnxArtifact":
-    """`produce(tmp_path)` writes the model and returns its artifact; the file and its sidecar land atomically."""
+def write_artifact(path: Path, produce: Callable[[Path], A]) -> A:
+    """The one writer: `produce(tmp_path)` writes the file and returns its artifact; file and sidecar land atomically."""
     with atomic_path(path) as tmp:
         artifact = produce(tmp)
         digest = sha256_file(tmp)
-    write_json_atomic(sidecar_path(path), {**artifact.metadata(), "sha256": digest})
+    write_sidecar(artifact.path, artifact.metadata(), digest)
     return artifact
+
+
+def write_with_sidecar(path: Path, write: Callable[[Path], None], metadata: dict[str, Any]) -> None:
+    """`write_artifact` for a description known before the file is written: `write(tmp_path)`, then the sidecar."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+        digest = sha256_file(tmp)
+    write_sidecar(path, metadata, digest)
+
+
+def write_sidecar(path: Path, metadata: dict[str, Any], digest: str) -> None:
+    """The sidecar of a file already in place: its description plus the sha256 `read_sidecar` checks."""
+    write_json_atomic(sidecar_path(path), {**metadata, "sha256": digest})
 
 
 def read_sidecar(path: Path, kind: str) -> dict[str, Any]:
@@ -62,29 +67,82 @@ def read_sidecar(path: Path, kind: str) -> dict[str, Any]:
     return meta
 
 
-class _Described:
-    """A file described by a sidecar: every dataclass field but `path`, plus its `KIND`."""
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """A file described by a sidecar: the model signature every artifact embeds, plus its kind's own fields.
 
-    KIND = "?"
+    The signature says what the model is whatever the file's form (folded state_dict, ONNX, engine): its
+    architecture, classes (and their names), preprocessing and where those came from, and, once it is a
+    graph, its input and output names. The sidecar holds every dataclass field but `path`, plus `kind`.
+    """
 
-    def metadata(self) -> dict[str, Any]:
-        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}}
-
-
-@dataclass(frozen=True)
-class FoldedModelArtifact(_Described):
-    """A BN-folded model: a safetensors state_dict plus what is needed to rebuild the module."""
+    KIND: ClassVar[str] = "?"
+    REDO: ClassVar[str] = "rerun that stage"  # how to fix a bad sidecar, in its messages
 
     path: Path
     arch: str
     num_classes: int
     preprocess: dict[str, Any]
-    weights_sha256: str
-    fold: dict[str, Any]
     class_names: list[str] | None = None
     origin: dict[str, Any] = dataclasses.field(default_factory=dict)  # checkpoint used, preprocessing/class names source
 
-    KIND = "folded-model"
+    def metadata(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}}
+
+    @classmethod
+    def read(cls: type[A], path: Path) -> A:
+        """The artifact from its checked sidecar (`read_sidecar`), every field checked the same way for every kind.
+
+        The sha256 only proves the file is the one described, not that the description is sane: a missing
+        or mistyped field is a UserError, and what a stage builds a model from (arch, classes, preprocessing)
+        is range-checked before anything is allocated from it. Fields with a default may be absent (sidecars
+        written before they existed).
+        """
+        from .data import Preprocess
+
+        meta = read_sidecar(path, cls.KIND)
+        try:
+            values = {}
+            for f in dataclasses.fields(cls):
+                if f.name == "path":
+                    continue
+                if f.name in meta:
+                    values[f.name] = meta[f.name]
+                elif f.default is not dataclasses.MISSING:
+                    values[f.name] = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    values[f.name] = f.default_factory()
+                else:
+                    raise KeyError(f.name)
+            for name, convert in _CONVERT.items():
+                if name in values:
+                    values[name] = convert(values[name])
+            artifact = cls(path=Path(path), **values)
+            if not isinstance(artifact.arch, str):
+                raise TypeError(f"arch {artifact.arch!r}")
+            Preprocess.from_dict(artifact.preprocess)
+            check_model_fields(artifact.num_classes, artifact.class_names, artifact.origin)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{sidecar_path(path)} has a missing or invalid field ({exc!r}); {cls.REDO}") from None
+        check_range("num_classes", artifact.num_classes, f"{sidecar_path(path)}: num_classes")
+        return artifact
+
+
+A = TypeVar("A", bound=Artifact)
+
+# How a sidecar's JSON values become field values (the rest are taken as they are, then checked).
+_CONVERT: dict[str, Callable[[Any], Any]] = {"num_classes": int, "opset": int, "fold": dict, "details": dict}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoldedModelArtifact(Artifact):
+    """A BN-folded model: a safetensors state_dict plus what is needed to rebuild the module."""
+
+    KIND: ClassVar[str] = "folded-model"
+    REDO: ClassVar[str] = "rerun the folded-model stage"
+
+    weights_sha256: str
+    fold: dict[str, Any]
 
     def info(self):
         from .data import Preprocess
@@ -95,76 +153,27 @@ class FoldedModelArtifact(_Described):
             self.arch, self.num_classes, Preprocess.from_dict(self.preprocess), self.weights_sha256, names, self.origin
         )
 
-    @classmethod
-    def read(cls, path: Path) -> "FoldedModelArtifact":
-        return _read_artifact(cls, path, lambda meta: {"weights_sha256": meta["weights_sha256"], "fold": dict(meta["fold"])})
 
+@dataclass(frozen=True, kw_only=True)
+class GraphArtifact(Artifact):
+    """A model as a graph (ONNX, or an engine built from one): the signature gains its precision and I/O names."""
 
-@dataclass(frozen=True)
-class OnnxArtifact(_Described):
-    """An ONNX model (FP32, FP16 or INT8 Q/DQ) with what produced it."""
-
-    path: Path
-    arch: str
-    num_classes: int
-    preprocess: dict[str, Any]
     precision: str
-    target: str | None
+    target: str | None = None
     input_name: str
     output_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnnxArtifact(GraphArtifact):
+    """An ONNX model (FP32, FP16 or INT8 Q/DQ) with what produced it."""
+
+    KIND: ClassVar[str] = "onnx-model"
+    REDO: ClassVar[str] = "rerun the onnx-model stage"
+
     opset: int
     source_sha256: str  # the weights (FP32) or the FP32 ONNX it was derived from
-    details: dict[str, Any]
-    class_names: list[str] | None = None
-    origin: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    KIND = "onnx-model"
-
-    @classmethod
-    def read(cls, path: Path) -> "OnnxArtifact":
-        return _read_artifact(
-            cls,
-            path,
-            lambda meta: {
-                "precision": meta["precision"],
-                "target": meta.get("target"),
-                "input_name": meta["input_name"],
-                "output_name": meta["output_name"],
-                "opset": int(meta["opset"]),
-                "source_sha256": meta["source_sha256"],
-                "details": dict(meta.get("details", {})),
-            },
-        )
-
-
-def _read_artifact(cls, path: Path, fields: Callable[[dict[str, Any]], dict[str, Any]]):
-    """An artifact from its checked sidecar: the model fields shared by all kinds, plus `fields(meta)`.
-
-    The sha256 only proves the file is the one described, not that the description is sane: a missing
-    or mistyped field is a UserError, and what a stage builds a model from (arch, classes, preprocessing)
-    is range-checked before anything is allocated from it.
-    """
-    from .data import Preprocess
-
-    meta = read_sidecar(path, cls.KIND)
-    try:
-        artifact = cls(
-            path=Path(path),
-            arch=meta["arch"],
-            num_classes=int(meta["num_classes"]),
-            preprocess=meta["preprocess"],
-            class_names=meta.get("class_names"),
-            origin=meta.get("origin", {}),
-            **fields(meta),
-        )
-        if not isinstance(artifact.arch, str):
-            raise TypeError(f"arch {artifact.arch!r}")
-        Preprocess.from_dict(artifact.preprocess)
-        check_model_fields(artifact.num_classes, artifact.class_names, artifact.origin)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"{sidecar_path(path)} has a missing or invalid field ({exc!r}); rerun the {cls.KIND} stage") from None
-    check_range("num_classes", artifact.num_classes, f"{sidecar_path(path)}: num_classes")
-    return artifact
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def check_model_fields(num_classes: int, class_names: Any, origin: Any) -> None:
@@ -265,22 +274,17 @@ def _external_data_problem(folder: Path, real_folder: str, location: str, offset
     return None
 
 
-@dataclass(frozen=True)
-class EngineArtifact(_Described):
+@dataclass(frozen=True, kw_only=True)
+class EngineArtifact(GraphArtifact):
     """A serialized TensorRT engine; its sidecar is the manifest that says where and how it was built.
 
     The manifest is read before the engine is deserialized, so an engine built for another TensorRT
     version or GPU is refused with a message naming both, instead of TensorRT's deserialization error.
     """
 
-    path: Path
-    arch: str
-    num_classes: int
-    preprocess: dict[str, Any]
-    precision: str
-    target: str | None
-    input_name: str
-    output_name: str
+    KIND: ClassVar[str] = "tensorrt-engine"
+    REDO: ClassVar[str] = "rebuild the engine with this resnet-deploy"
+
     tensorrt_version: str
     gpu: dict[str, Any]  # name, compute_capability ("8.6"), driver
     build: dict[str, Any]  # the flags used: strongly_typed, tf32, workspace, optimization level, compatibility, ...
@@ -289,21 +293,3 @@ class EngineArtifact(_Described):
     source_onnx_sha256: str
     build_seconds: float
     built_at: str  # UTC, ISO 8601
-    class_names: list[str] | None = None
-    origin: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    KIND = "tensorrt-engine"
-
-    @classmethod
-    def read(cls, path: Path) -> "EngineArtifact":
-        meta = read_sidecar(path, cls.KIND)
-        optional = {"class_names": None, "origin": {}}  # manifests written before class names travelled
-        try:
-            fields = {f.name: meta.get(f.name, optional[f.name]) if f.name in optional else meta[f.name]
-                      for f in dataclasses.fields(cls) if f.name != "path"}  # fmt: skip
-            check_model_fields(int(meta["num_classes"]), fields["class_names"], fields["origin"])
-        except KeyError as exc:
-            raise UserError(f"{sidecar_path(path)} lacks {exc}; rebuild the engine with this resnet-deploy") from None
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"{sidecar_path(path)} has an invalid field ({exc}); rebuild the engine") from None
-        return cls(path=Path(path), **fields)

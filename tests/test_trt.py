@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from resnet_deploy.artifacts import EngineArtifact, sidecar_path, write_with_sidecar
 from resnet_deploy.cli import cli
 from resnet_deploy.config import BuildConfig, Engine, HardwareCompat, Target, TensorRTOptions, parse_hardware_compat
+from resnet_deploy.data import Preprocess
 from resnet_deploy.engines.ort import (
     SIMULATED_INT8,
     OrtRunner,
@@ -206,7 +207,7 @@ def write_engine_manifest(folder: Path, env: TrtEnvironment = BUILT, **build: ob
         path=folder / "model.fp32.engine",
         arch="resnet18",
         num_classes=10,
-        preprocess={"input_size": [3, 32, 32]},
+        preprocess=Preprocess(input_size=(3, 32, 32)).to_dict(),  # engines are read with the same checks as ONNX
         precision="fp32",
         target=None,
         input_name="input",

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import OnnxArtifact, write_onnx_artifact
+from ..artifacts import OnnxArtifact, write_artifact
 from ..errors import CheckFailed
 from ..isa import CpuKind, host_isa
 from ..options import Target
@@ -456,7 +456,7 @@ def write_int8(
                 quantization["same_qdq_as"] = other.name
             return derived_artifact(fp32, model, final, "int8", target.value, {"quantization": quantization})
 
-        artifacts.append(write_onnx_artifact(final, produce))
+        artifacts.append(write_artifact(final, produce))
     return artifacts
 
 
