@@ -176,7 +176,7 @@ class AccuracyTarget:
         return self.max_top1_drop_points is not None
 
     def met(self, accuracy: Any) -> bool:
-        """Whether an `Accuracy` (validate.py) meets every limit given."""
+        """Whether an `Accuracy` (engines/accuracy.py) meets every limit given."""
         return self.shortfall(accuracy) == 0.0
 
     def shortfall(self, accuracy: Any) -> float:

@@ -1,4 +1,4 @@
-"""Latency and throughput of a runner: warm-up first, many timed iterations, percentiles.
+"""Latency and throughput of a runner: warm-up first, many timed iterations, percentiles (`reports.report.Latency`).
 
 Each runner is measured in its own block (all its batch sizes, then the next runner): thread pools that
 spin after work steal the cores from the next engine when calls are interleaved one by one.

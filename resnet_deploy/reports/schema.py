@@ -157,7 +157,7 @@ class _Shape:
         return values
 
     def per_class(self, value: Any, where: str) -> None:
-        """Per-class counts (validate.ClassAccuracy; the reference's: samples, correct, confusions)."""
+        """Per-class counts (engines.accuracy.ClassAccuracy; the reference's: samples, correct, confusions)."""
         if value is None:
             return
         value = self.dict(value, where)
