@@ -39,6 +39,7 @@ lint: $(STAMP)
 	$(BIN)/pip install --quiet ruff
 	$(BIN)/ruff check resnet_deploy tests benchmarks
 	$(BIN)/ruff format --check resnet_deploy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info

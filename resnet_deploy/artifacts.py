@@ -1,139 +1,51 @@
 """What passes between stages: files on disk with a JSON sidecar (`<file>.json`) of metadata.
 
-Every file is written atomically (a temporary file in the same folder, then a rename), so an
-interrupted run never leaves a half-written file under its final name.
+Every file is written atomically (files.py), so an interrupted run never leaves a half-written file
+under its final name.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-import re
-import signal
 import stat
-import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from .errors import UserError
+from .files import atomic_path, sha256_file, write_json_atomic, write_text_atomic  # noqa: F401 - write_text_atomic for cli.py
+from .options import check_range
 
 SIDECAR_SUFFIX = ".json"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _umask() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-# A JSON array of numbers as json.dumps(indent=2) writes it: one number a line. Strings cannot hold a raw
-# newline, so this never matches inside a string value.
-_NUMBER = r"-?(?:\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|NaN|Infinity)"
-_NUMBER_LIST = re.compile(rf"\[\n\s+({_NUMBER}(?:,\n\s+{_NUMBER})*)\n\s*\]")
-
-
-def dumps_json(data: Any) -> str:
-    """Indented JSON with lists of numbers (shapes, latency samples) kept on one line."""
-    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default)
-    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, dumps_json(data))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "value"):  # enums
-        return value.value
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-def read_user_text(path: Path, label: str, hint: str) -> str:
-    """The UTF-8 text of a file the user named; a problem is a one-line UserError: '<label> <problem>; <hint>'."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{label} does not exist; {hint}") from None
-    except IsADirectoryError:
-        raise UserError(f"{label} is a folder; {hint}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{label} is not UTF-8 text; {hint}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {label} ({exc.strerror}); check the path and its permissions") from None
 
 
 def sidecar_path(path: Path) -> Path:
     return Path(str(path) + SIDECAR_SUFFIX)
 
 
-def write_with_sidecar(path: Path, write: Callable[[Path], None], metadata: dict[str, Any]) -> None:
-    """Write a file through `write(tmp_path)` atomically, then its sidecar (with the file's sha256)."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-        digest = sha256_file(tmp)
-    write_json_atomic(sidecar_path(path), {**metadata, "sha256": digest})
-
-
-def write_onnx_artifact(path: Path, produce: Callable[[Path], "OnnxArtifact"]) -> "OnnxArtifact":
-    """`produce(tmp_path)` writes the model and returns its artifact; the file and its sidecar land atomically."""
+def write_artifact(path: Path, produce: Callable[[Path], A]) -> A:
+    """The one writer: `produce(tmp_path)` writes the file and returns its artifact; file and sidecar land atomically."""
     with atomic_path(path) as tmp:
         artifact = produce(tmp)
         digest = sha256_file(tmp)
-    write_json_atomic(sidecar_path(path), {**artifact.metadata(), "sha256": digest})
+    write_sidecar(artifact.path, artifact.metadata(), digest)
     return artifact
+
+
+def write_with_sidecar(path: Path, write: Callable[[Path], None], metadata: dict[str, Any]) -> None:
+    """`write_artifact` for a description known before the file is written: `write(tmp_path)`, then the sidecar."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+        digest = sha256_file(tmp)
+    write_sidecar(path, metadata, digest)
+
+
+def write_sidecar(path: Path, metadata: dict[str, Any], digest: str) -> None:
+    """The sidecar of a file already in place: its description plus the sha256 `read_sidecar` checks."""
+    write_json_atomic(sidecar_path(path), {**metadata, "sha256": digest})
 
 
 def read_sidecar(path: Path, kind: str) -> dict[str, Any]:
@@ -155,29 +67,82 @@ def read_sidecar(path: Path, kind: str) -> dict[str, Any]:
     return meta
 
 
-class _Described:
-    """A file described by a sidecar: every dataclass field but `path`, plus its `KIND`."""
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """A file described by a sidecar: the model signature every artifact embeds, plus its kind's own fields.
 
-    KIND = "?"
+    The signature says what the model is whatever the file's form (folded state_dict, ONNX, engine): its
+    architecture, classes (and their names), preprocessing and where those came from, and, once it is a
+    graph, its input and output names. The sidecar holds every dataclass field but `path`, plus `kind`.
+    """
 
-    def metadata(self) -> dict[str, Any]:
-        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}}
-
-
-@dataclass(frozen=True)
-class FoldedModelArtifact(_Described):
-    """A BN-folded model: a safetensors state_dict plus what is needed to rebuild the module."""
+    KIND: ClassVar[str] = "?"
+    REDO: ClassVar[str] = "rerun that stage"  # how to fix a bad sidecar, in its messages
 
     path: Path
     arch: str
     num_classes: int
     preprocess: dict[str, Any]
-    weights_sha256: str
-    fold: dict[str, Any]
     class_names: list[str] | None = None
     origin: dict[str, Any] = dataclasses.field(default_factory=dict)  # checkpoint used, preprocessing/class names source
 
-    KIND = "folded-model"
+    def metadata(self) -> dict[str, Any]:
+        return {"kind": self.KIND, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}}
+
+    @classmethod
+    def read(cls: type[A], path: Path) -> A:
+        """The artifact from its checked sidecar (`read_sidecar`), every field checked the same way for every kind.
+
+        The sha256 only proves the file is the one described, not that the description is sane: a missing
+        or mistyped field is a UserError, and what a stage builds a model from (arch, classes, preprocessing)
+        is range-checked before anything is allocated from it. Fields with a default may be absent (sidecars
+        written before they existed).
+        """
+        from .data import Preprocess
+
+        meta = read_sidecar(path, cls.KIND)
+        try:
+            values = {}
+            for f in dataclasses.fields(cls):
+                if f.name == "path":
+                    continue
+                if f.name in meta:
+                    values[f.name] = meta[f.name]
+                elif f.default is not dataclasses.MISSING:
+                    values[f.name] = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    values[f.name] = f.default_factory()
+                else:
+                    raise KeyError(f.name)
+            for name, convert in _CONVERT.items():
+                if name in values:
+                    values[name] = convert(values[name])
+            artifact = cls(path=Path(path), **values)
+            if not isinstance(artifact.arch, str):
+                raise TypeError(f"arch {artifact.arch!r}")
+            Preprocess.from_dict(artifact.preprocess)
+            check_model_fields(artifact.num_classes, artifact.class_names, artifact.origin)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{sidecar_path(path)} has a missing or invalid field ({exc!r}); {cls.REDO}") from None
+        check_range("num_classes", artifact.num_classes, f"{sidecar_path(path)}: num_classes")
+        return artifact
+
+
+A = TypeVar("A", bound=Artifact)
+
+# How a sidecar's JSON values become field values (the rest are taken as they are, then checked).
+_CONVERT: dict[str, Callable[[Any], Any]] = {"num_classes": int, "opset": int, "fold": dict, "details": dict}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoldedModelArtifact(Artifact):
+    """A BN-folded model: a safetensors state_dict plus what is needed to rebuild the module."""
+
+    KIND: ClassVar[str] = "folded-model"
+    REDO: ClassVar[str] = "rerun the folded-model stage"
+
+    weights_sha256: str
+    fold: dict[str, Any]
 
     def info(self):
         from .data import Preprocess
@@ -188,77 +153,27 @@ class FoldedModelArtifact(_Described):
             self.arch, self.num_classes, Preprocess.from_dict(self.preprocess), self.weights_sha256, names, self.origin
         )
 
-    @classmethod
-    def read(cls, path: Path) -> "FoldedModelArtifact":
-        return _read_artifact(cls, path, lambda meta: {"weights_sha256": meta["weights_sha256"], "fold": dict(meta["fold"])})
 
+@dataclass(frozen=True, kw_only=True)
+class GraphArtifact(Artifact):
+    """A model as a graph (ONNX, or an engine built from one): the signature gains its precision and I/O names."""
 
-@dataclass(frozen=True)
-class OnnxArtifact(_Described):
-    """An ONNX model (FP32, FP16 or INT8 Q/DQ) with what produced it."""
-
-    path: Path
-    arch: str
-    num_classes: int
-    preprocess: dict[str, Any]
     precision: str
-    target: str | None
+    target: str | None = None
     input_name: str
     output_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnnxArtifact(GraphArtifact):
+    """An ONNX model (FP32, FP16 or INT8 Q/DQ) with what produced it."""
+
+    KIND: ClassVar[str] = "onnx-model"
+    REDO: ClassVar[str] = "rerun the onnx-model stage"
+
     opset: int
     source_sha256: str  # the weights (FP32) or the FP32 ONNX it was derived from
-    details: dict[str, Any]
-    class_names: list[str] | None = None
-    origin: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    KIND = "onnx-model"
-
-    @classmethod
-    def read(cls, path: Path) -> "OnnxArtifact":
-        return _read_artifact(
-            cls,
-            path,
-            lambda meta: {
-                "precision": meta["precision"],
-                "target": meta.get("target"),
-                "input_name": meta["input_name"],
-                "output_name": meta["output_name"],
-                "opset": int(meta["opset"]),
-                "source_sha256": meta["source_sha256"],
-                "details": dict(meta.get("details", {})),
-            },
-        )
-
-
-def _read_artifact(cls, path: Path, fields: Callable[[dict[str, Any]], dict[str, Any]]):
-    """An artifact from its checked sidecar: the model fields shared by all kinds, plus `fields(meta)`.
-
-    The sha256 only proves the file is the one described, not that the description is sane: a missing
-    or mistyped field is a UserError, and what a stage builds a model from (arch, classes, preprocessing)
-    is range-checked before anything is allocated from it.
-    """
-    from .config import check_range
-    from .data import Preprocess
-
-    meta = read_sidecar(path, cls.KIND)
-    try:
-        artifact = cls(
-            path=Path(path),
-            arch=meta["arch"],
-            num_classes=int(meta["num_classes"]),
-            preprocess=meta["preprocess"],
-            class_names=meta.get("class_names"),
-            origin=meta.get("origin", {}),
-            **fields(meta),
-        )
-        if not isinstance(artifact.arch, str):
-            raise TypeError(f"arch {artifact.arch!r}")
-        Preprocess.from_dict(artifact.preprocess)
-        check_model_fields(artifact.num_classes, artifact.class_names, artifact.origin)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"{sidecar_path(path)} has a missing or invalid field ({exc!r}); rerun the {cls.KIND} stage") from None
-    check_range("num_classes", artifact.num_classes, f"{sidecar_path(path)}: num_classes")
-    return artifact
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def check_model_fields(num_classes: int, class_names: Any, origin: Any) -> None:
@@ -359,22 +274,17 @@ def _external_data_problem(folder: Path, real_folder: str, location: str, offset
     return None
 
 
-@dataclass(frozen=True)
-class EngineArtifact(_Described):
+@dataclass(frozen=True, kw_only=True)
+class EngineArtifact(GraphArtifact):
     """A serialized TensorRT engine; its sidecar is the manifest that says where and how it was built.
 
     The manifest is read before the engine is deserialized, so an engine built for another TensorRT
     version or GPU is refused with a message naming both, instead of TensorRT's deserialization error.
     """
 
-    path: Path
-    arch: str
-    num_classes: int
-    preprocess: dict[str, Any]
-    precision: str
-    target: str | None
-    input_name: str
-    output_name: str
+    KIND: ClassVar[str] = "tensorrt-engine"
+    REDO: ClassVar[str] = "rebuild the engine with this resnet-deploy"
+
     tensorrt_version: str
     gpu: dict[str, Any]  # name, compute_capability ("8.6"), driver
     build: dict[str, Any]  # the flags used: strongly_typed, tf32, workspace, optimization level, compatibility, ...
@@ -383,98 +293,3 @@ class EngineArtifact(_Described):
     source_onnx_sha256: str
     build_seconds: float
     built_at: str  # UTC, ISO 8601
-    class_names: list[str] | None = None
-    origin: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    KIND = "tensorrt-engine"
-
-    @classmethod
-    def read(cls, path: Path) -> "EngineArtifact":
-        meta = read_sidecar(path, cls.KIND)
-        optional = {"class_names": None, "origin": {}}  # manifests written before class names travelled
-        try:
-            fields = {f.name: meta.get(f.name, optional[f.name]) if f.name in optional else meta[f.name]
-                      for f in dataclasses.fields(cls) if f.name != "path"}  # fmt: skip
-            check_model_fields(int(meta["num_classes"]), fields["class_names"], fields["origin"])
-        except KeyError as exc:
-            raise UserError(f"{sidecar_path(path)} lacks {exc}; rebuild the engine with this resnet-deploy") from None
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"{sidecar_path(path)} has an invalid field ({exc}); rebuild the engine") from None
-        return cls(path=Path(path), **fields)
-
-
-# ------------------------------------------------------------------------------------- output folder
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back while a few renames run, then deliver them: never a half-done swap."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    wanted = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        for s in received[:1]:
-            signal.raise_signal(s)
-
-
-@contextlib.contextmanager
-def staged_output_dir(out: Path, force: bool, option: str = "--out") -> Iterator[Path]:
-    """Build into a hidden staging folder beside `out`; move it into place only when all went well.
-
-    A lock beside `out` makes a second build into the same folder refuse instead of mixing files.
-    An interrupted or failed build leaves `out` as it was (absent, or the previous complete build).
-    """
-    import fcntl
-    import shutil
-
-    out = Path(out).absolute()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{option} {out} is a file; give a folder path")
-    if out.exists() and not force:
-        raise UserError(f"{option} {out} already exists; pass --force to replace it, or choose another folder")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(parent / f".{out.name}.lock", "a+")  # noqa: SIM115 - held for the whole build
-    except OSError as exc:
-        raise UserError(f"cannot write beside {option} {out} ({exc.strerror}); choose a writable folder") from None
-    with lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"another resnet-deploy {'build' if option == '--out' else 'run'} is writing {out}; wait for it to finish or "
-                f"choose another {option}"
-            ) from None
-        # Left by a killed build (we hold the lock): a staging folder, or the previous build set aside
-        # by a build killed (SIGKILL) between its two renames, which is put back.
-        for stale in parent.glob(f".{out.name}.old-*"):
-            if (stale / "previous").is_dir() and not out.exists():
-                os.replace(stale / "previous", out)
-            shutil.rmtree(stale, ignore_errors=True)
-        for stale in parent.glob(f".{out.name}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if out.exists() and not force:  # again under the lock: another build may have finished meanwhile
-            raise UserError(f"{option} {out} already exists; pass --force to replace it, or choose another folder")
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-        os.chmod(staging, 0o777 & ~_umask())
-        try:
-            yield staging
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            try:
-                with _signals_deferred():  # out is always the previous build or the new one, never neither
-                    if out.exists():
-                        os.replace(out, old / "previous")
-                    os.replace(staging, out)
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)

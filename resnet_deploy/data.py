@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import UserError
+from .options import parse_channel_values, parse_word
 
 # Same list and order as torchvision.datasets.folder.IMG_EXTENSIONS (plus .jfif), matched case-insensitively.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -128,7 +129,8 @@ class Preprocess:
 @dataclass(frozen=True)
 class PreprocessOverrides:
     """The preprocessing a model was trained with, where it differs from its architecture's default (--mean, --std,
-    --crop-pct, --crop-mode, --interpolation): each value given replaces the default's. Checked by config.py."""
+    --crop-pct, --crop-mode, --interpolation): each value given replaces the default's. Checked by
+    `preprocess_overrides`."""
 
     interpolation: str | None = None
     mean: tuple[float, float, float] | None = None
@@ -138,6 +140,46 @@ class PreprocessOverrides:
 
     def given(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+def parse_mean(text: str, option: str = "--mean") -> tuple[float, float, float]:
+    return parse_channel_values(text, option, *MEAN_RANGE)
+
+
+def parse_std(text: str, option: str = "--std") -> tuple[float, float, float]:
+    return parse_channel_values(text, option, *STD_RANGE)
+
+
+def check_crop_pct(value: float, option: str = "--crop-pct") -> float:
+    low, high = CROP_PCT_RANGE
+    if isinstance(value, bool) or not (math.isfinite(value) and low <= value <= high):
+        raise UserError(f"{option} must be between {low:g} and {high:g} (the crop's share of the resized image), got {value}")
+    return float(value)
+
+
+def parse_interpolation(text: str, option: str = "--interpolation") -> str:
+    return parse_word(text, option, INTERPOLATIONS)
+
+
+def parse_crop_mode(text: str, option: str = "--crop-mode") -> str:
+    return parse_word(text, option, CROP_MODES)
+
+
+def preprocess_overrides(
+    mean: str | None = None,
+    std: str | None = None,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
+    interpolation: str | None = None,
+) -> PreprocessOverrides:
+    """The preprocessing options (flags or config keys), each checked: None leaves the arch's default."""
+    return PreprocessOverrides(
+        interpolation=None if interpolation is None else parse_interpolation(interpolation),
+        mean=None if mean is None else parse_mean(mean),
+        std=None if std is None else parse_std(std),
+        crop_pct=None if crop_pct is None else check_crop_pct(crop_pct),
+        crop_mode=None if crop_mode is None else parse_crop_mode(crop_mode),
+    )
 
 
 @dataclass(frozen=True)
@@ -357,7 +399,7 @@ class ImageFolderDataset:
         """sha256 over each file's path (relative to the folder) and the sha256 of its bytes, in order."""
         import hashlib
 
-        from .artifacts import sha256_file
+        from .files import sha256_file
 
         digest = hashlib.sha256()
         for path in self.files:
@@ -514,7 +556,7 @@ class NpzDataset:
         """sha256 over the .npz file's sha256 and the selected rows."""
         import hashlib
 
-        from .artifacts import sha256_file
+        from .files import sha256_file
 
         rows = ",".join(map(str, self.rows))
         return hashlib.sha256(f"{sha256_file(self.source)}\0{rows}".encode()).hexdigest()

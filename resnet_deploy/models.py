@@ -21,11 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import read_user_text, sha256_file
 from .checkpoints import HubFolder, Unwrapped, check_class_names, read_hub_folder, unwrap
-from .config import ModelOptions
 from .data import PREPROCESS_FIELDS, Dataset, ImageFolderDataset, Preprocess, PreprocessOverrides
 from .errors import UserError
+from .files import read_user_text, sha256_file
 
 # Name prefixes of the ResNet family (and kin) that resnet-deploy accepts.
 FAMILY_PREFIXES = (
@@ -343,6 +342,16 @@ def suggest_arch(state_dict: dict[str, torch.Tensor], num_classes: int, exclude:
         if score > best_score:
             best, best_score = name, score
     return best if best_score >= 0.9 else None
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to read the user's model beyond --arch and --weights: which weights of a training checkpoint (the EMA
+    copy with `ema`), the preprocessing it was trained with, and its class names (`labels`: one per line)."""
+
+    ema: bool = False
+    preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
+    labels: Path | None = None
 
 
 @dataclass(frozen=True)

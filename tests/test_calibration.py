@@ -249,7 +249,8 @@ def test_cache_is_reused_when_nothing_changed(fp32_onnx, calib_dataset, tmp_path
 def test_cache_is_invalidated_when_the_onnx_changes(fp32_onnx, calib_dataset, tmp_path, counted_passes):
     import onnx
 
-    from resnet_deploy.artifacts import OnnxArtifact, sha256_file, sidecar_path, write_json_atomic
+    from resnet_deploy.artifacts import OnnxArtifact, sidecar_path
+    from resnet_deploy.files import sha256_file, write_json_atomic
 
     cache = tmp_path / "calib.json"
     calib = CalibrationSet.draw(calib_dataset, 32, 0)

@@ -8,11 +8,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from resnet_deploy.artifacts import OnnxArtifact, sha256_file
+from resnet_deploy.artifacts import OnnxArtifact
 from resnet_deploy.cli import cli
 from resnet_deploy.config import load_toml_options
 from resnet_deploy.engines.trt import missing_requirements
 from resnet_deploy.examples import digits
+from resnet_deploy.files import sha256_file
 
 from .conftest import QUICK, accurate_or_flagged, build_args
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from resnet_deploy.cli import cli
-from resnet_deploy.compare import compare_reports
+from resnet_deploy.reports.compare import compare_reports
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from resnet_deploy.cli import cli
-from resnet_deploy.pipeline.html import render_html
+from resnet_deploy.reports.html import render_html
 
 CHROMIUM_ARGS = [
     "--headless",

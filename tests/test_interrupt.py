@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from resnet_deploy.artifacts import _signals_deferred, staged_output_dir
 from resnet_deploy.errors import UserError
+from resnet_deploy.files import signals_deferred as _signals_deferred
+from resnet_deploy.files import staged_output_dir
 
 from .conftest import BUILD_FILES, build_args, console_script
 

@@ -20,7 +20,8 @@ from resnet_deploy.data import ImageFolderDataset, Preprocess, PreprocessOverrid
 from resnet_deploy.errors import UserError
 from resnet_deploy.examples import digits
 from resnet_deploy.models import load_model
-from resnet_deploy.pipeline.report import read_report, to_markdown
+from resnet_deploy.reports.markdown import to_markdown
+from resnet_deploy.reports.schema import read_report
 
 from .conftest import one_error_line, run_cli
 

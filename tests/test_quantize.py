@@ -181,8 +181,8 @@ def test_tensorrt_fast_path_writes_what_modelopts_quantize_writes(fp32_onnx, cal
     rewrites the FP32 ONNX it reads (ModelOpt's `quantize` rewrites its input file in place)."""
     import re
 
-    from resnet_deploy.artifacts import sha256_file
     from resnet_deploy.calibration.quantize import ModelOptSession, write_trt_cache
+    from resnet_deploy.files import sha256_file
 
     source = onnx.load(str(fp32_onnx.path))
     excluded = [n.name for n in source.graph.node if module_path(n) in ("layer2.0.conv1", "layer3.1")]
@@ -266,7 +266,7 @@ def test_nonfinite_outputs_are_a_failed_validation_and_exit_1(quantized, workloa
     from click.testing import CliRunner
 
     from resnet_deploy.cli import cli
-    from resnet_deploy.pipeline.report import EngineResult, Report
+    from resnet_deploy.reports.report import EngineResult, Report
 
     model = onnx.load(str(quantized["fp16"].path))
     bias = next(i for i in model.graph.initializer if i.name == "fc.bias")
@@ -295,6 +295,6 @@ def test_nonfinite_outputs_are_a_failed_validation_and_exit_1(quantized, workloa
 
 
 def _accuracy_from_row(row):
-    from resnet_deploy.pipeline.validate import Accuracy
+    from resnet_deploy.engines.accuracy import Accuracy
 
     return Accuracy(**{k: (float("nan") if v is None else v) for k, v in row.items()})

@@ -177,7 +177,7 @@ def test_serve_check_on_a_real_tritonserver(tritonserver, built, workload, tmp_p
     assert result.exit_code == 0, result.output
     assert _servers_of(repo) == []
 
-    from resnet_deploy.pipeline.report import read_report
+    from resnet_deploy.reports.schema import read_report
 
     report = read_report(out / "report.json")  # the schema check includes the serving section
     serving = report["serving"]

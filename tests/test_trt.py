@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from resnet_deploy.artifacts import EngineArtifact, sidecar_path, write_with_sidecar
 from resnet_deploy.cli import cli
 from resnet_deploy.config import BuildConfig, Engine, HardwareCompat, Target, TensorRTOptions, parse_hardware_compat
+from resnet_deploy.data import Preprocess
 from resnet_deploy.engines.naming import engine_name
 from resnet_deploy.engines.ort import (
     SIMULATED_INT8,
@@ -43,9 +44,9 @@ from resnet_deploy.engines.trt import (
     version_tuple,
 )
 from resnet_deploy.errors import CheckFailed, MissingDependency, UserError
-from resnet_deploy.pipeline.benchmark import Latency
 from resnet_deploy.pipeline.plan import plan_engines
-from resnet_deploy.pipeline.report import to_markdown
+from resnet_deploy.reports.markdown import to_markdown
+from resnet_deploy.reports.report import Latency
 
 from .conftest import build_args, one_error_line
 
@@ -208,7 +209,7 @@ def write_engine_manifest(folder: Path, env: TrtEnvironment = BUILT, **build: ob
         path=folder / "model.fp32.engine",
         arch="resnet18",
         num_classes=10,
-        preprocess={"input_size": [3, 32, 32]},
+        preprocess=Preprocess(input_size=(3, 32, 32)).to_dict(),  # engines are read with the same checks as ONNX
         precision="fp32",
         target=None,
         input_name="input",
@@ -438,7 +439,7 @@ def test_tensorrt_refusal_names_the_versions():
 def test_tensorrt_provider_that_cannot_start_is_one_line(fp32_onnx, tmp_path):
     """The real ONNX Runtime session, asked for its TensorRT provider on a machine without TensorRT: one line
     saying so (no silent fallback to CUDA or the CPU), with the options it was given."""
-    from resnet_deploy.artifacts import sha256_file
+    from resnet_deploy.files import sha256_file
 
     runner = OrtRunner(
         fp32_onnx.path, "onnxruntime-tensorrt-fp32", "fp32", None, parse_providers("tensorrt"), 1,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from resnet_deploy.artifacts import EngineArtifact, sha256_file, sidecar_path
+from resnet_deploy.artifacts import EngineArtifact, sidecar_path
 from resnet_deploy.calibration.methods import CalibrationMethod
 from resnet_deploy.cli import cli
 from resnet_deploy.config import BenchmarkOptions, HardwareCompat, Target, TensorRTOptions
@@ -24,6 +24,7 @@ from resnet_deploy.engines.trt import (
     engine_layer_datatypes,
 )
 from resnet_deploy.errors import CheckFailed, MissingDependency, UserError
+from resnet_deploy.files import sha256_file
 from resnet_deploy.pipeline.benchmark import benchmark
 
 from .conftest import build_args

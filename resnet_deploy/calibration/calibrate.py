@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import OnnxArtifact, sha256_file, write_json_atomic
-from ..config import AccuracyTarget, SelectionOptions
+from ..artifacts import OnnxArtifact
 from ..data import Dataset, Preprocess, open_dataset
 from ..errors import UserError
+from ..files import sha256_file, write_json_atomic
+from ..options import AccuracyTarget, SelectionOptions
 from ..progress import Progress
 from .methods import CalibrationMethod, CalibrationOptions, TensorRange, tensor_amax
 from .statistics import ActivationStatistics, collect_statistics, settings

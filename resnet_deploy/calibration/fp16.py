@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import OnnxArtifact, write_onnx_artifact
+from ..artifacts import OnnxArtifact, write_artifact
 from ..errors import CheckFailed
 from .calibrate import Calibration
 from .graph import checked_onnx, derived_artifact, excluded_nodes, load_onnx
@@ -92,4 +92,4 @@ def convert_fp16(fp32: OnnxArtifact, calibration: Calibration, path: Path, exclu
         }
         return derived_artifact(fp32, model, path, "fp16", None, details)
 
-    return write_onnx_artifact(path, produce)
+    return write_artifact(path, produce)

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import OnnxArtifact, sha256_file
+from ..artifacts import OnnxArtifact
 from ..errors import CheckFailed, UserError
+from ..files import sha256_file
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # written by torch.onnx.export(dynamo=True) on each node
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import OnnxArtifact, write_onnx_artifact
-from ..config import Target
+from ..artifacts import OnnxArtifact, write_artifact
 from ..errors import CheckFailed
 from ..isa import CpuKind, host_isa
+from ..options import Target
 from .calibrate import Calibration
 from .graph import QDQ_OPS, checked_onnx, count_ops, derived_artifact, excluded_nodes, load_onnx, producers, quantized_nodes
 
@@ -457,7 +457,7 @@ def write_int8(
                 quantization["same_qdq_as"] = other.name
             return derived_artifact(fp32, model, final, "int8", target.value, {"quantization": quantization})
 
-        artifacts.append(write_onnx_artifact(final, produce))
+        artifacts.append(write_artifact(final, produce))
     return artifacts
 
 

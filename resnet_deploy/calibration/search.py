@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import AccuracyTarget, Target
-from ..pipeline.validate import Accuracy
+from ..engines.accuracy import Accuracy
+from ..options import AccuracyTarget, Target
 from ..progress import Progress
 from .calibrate import SelectionSet
 from .graph import load_onnx, quantized_nodes

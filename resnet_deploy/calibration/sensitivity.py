@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import OnnxArtifact, sha256_file
-from ..config import Target
+from ..artifacts import OnnxArtifact
 from ..data import Dataset
+from ..engines.accuracy import Accuracy, ReferenceOutputs, validate
 from ..engines.ort import OrtRunner
+from ..files import sha256_file
 from ..isa import CpuKind
-from ..pipeline.validate import Accuracy, ReferenceOutputs, validate
+from ..options import Target
 from ..progress import Progress
 from .calibrate import Calibration
 from .graph import load_onnx, module_path, quantized_nodes

@@ -29,7 +29,7 @@ def gate(progress, report_path: Path, gates: Path | None, overrides, baseline, j
     """Check a report.json against accuracy and latency thresholds: a line per gate, exit 1 if any fails."""
     from ..artifacts import write_text_atomic
     from ..gates import evaluate
-    from ..pipeline.report import read_report
+    from ..reports.schema import read_report
 
     thresholds = parse_gates(gates, overrides, baseline)
     if thresholds is None:
@@ -39,7 +39,7 @@ def gate(progress, report_path: Path, gates: Path | None, overrides, baseline, j
     result = evaluate(thresholds, report, old, report_label=str(report_path), baseline_label=baseline and str(baseline))
     render_gates(result.as_dict(), junit, summary)
     if html_out is not None:
-        from ..pipeline.html import render_html
+        from ..reports.html import render_html
 
         write_text_atomic(html_out, render_html(report, result.as_dict()))
     return result.return_code
@@ -51,8 +51,8 @@ def gate(progress, report_path: Path, gates: Path | None, overrides, baseline, j
 @common
 def compare(progress, old_path: Path, new_path: Path) -> int:
     """Accuracy and latency of two reports side by side, with deltas and % changes (Markdown on stdout)."""
-    from ..compare import compare_reports
-    from ..pipeline.report import read_report
+    from ..reports.compare import compare_reports
+    from ..reports.schema import read_report
 
     old, new = read_report(old_path, "OLD report"), read_report(new_path, "NEW report")
     click.echo(compare_reports(old, new, str(old_path), str(new_path)), nl=False)
@@ -73,8 +73,9 @@ def compare(progress, old_path: Path, new_path: Path) -> int:
 def report(progress, report_path: Path, html_out: Path | None, markdown_out: Path | None, layers_path: Path | None) -> int:
     """Render report.html (or report.md) again from a report.json, e.g. one downloaded from CI."""
     from ..artifacts import write_text_atomic
-    from ..pipeline.html import render_html
-    from ..pipeline.report import read_layers, read_report, to_markdown
+    from ..reports.html import render_html
+    from ..reports.markdown import to_markdown
+    from ..reports.schema import read_layers, read_report
 
     if html_out is None and markdown_out is None:
         raise UserError("give --html OUT.html and/or --markdown OUT.md")

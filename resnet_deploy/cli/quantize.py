@@ -130,7 +130,7 @@ def _quantize_to_target(calibrated, target, accuracy_target, val, out: Path, thr
     (report.target_failure)."""
     from ..config import Target
     from ..pipeline.quantize import onnxruntime_check, quantize_one
-    from ..pipeline.report import target_failure
+    from ..reports.report import target_failure
 
     twin = target is Target.TENSORRT  # for TensorRT: FP16 between the quantized layers and in the nodes left out
     check = onnxruntime_check(calibrated.fp32, val, threads, progress)
@@ -180,8 +180,8 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
     from ..config import Target, parse_enum_list
     from ..data import Preprocess
     from ..isa import parse_cpu
-    from ..pipeline.html import render_layers_html
     from ..pipeline.quantize import calibrate_model, fixed_nodes, open_for, prepare_calibration, read_fp32
+    from ..reports.html import render_layers_html
 
     targets = parse_enum_list(Target, options["target"], "--target")
     if len(targets) > 1:

@@ -109,7 +109,7 @@ def serve_check(progress, repo: Path, val_data: Path, build_dir: Path, **options
     """Serve a repository on a real tritonserver: served logits against the engine in process, latency under load."""
     from ..config import parse_int_list
     from ..data import Preprocess, first_images, open_dataset
-    from ..pipeline.report import read_report
+    from ..reports.schema import read_report
     from ..serving.check import ServeCheckOptions, write_serving
     from ..serving.check import serve_check as run_check
     from ..serving.load import LoadOptions

@@ -115,7 +115,7 @@ def print_summary(report: dict[str, Any]) -> None:
     """A short table on stdout: accuracy and latency per engine."""
     from rich.table import Table
 
-    from ..pipeline.report import int8_compute
+    from ..engines.naming import int8_compute
 
     rows = [report["reference"], *report["engines"]] if report["reference"].get("latency") else report["engines"]
     batch_sizes = sorted({lat["batch_size"] for row in rows for lat in row.get("latency", [])})

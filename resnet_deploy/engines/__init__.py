@@ -1,4 +1,7 @@
-"""Runners: one interface for the PyTorch reference, ONNX Runtime and TensorRT."""
+"""Runners: one interface (`base.Runner`) for the PyTorch reference, ONNX Runtime, OpenVINO and TensorRT.
+
+`accuracy.py` compares a runner with a reference runner (the validate stage and the mixed-precision search use it).
+"""
 
 from .base import Runner
 

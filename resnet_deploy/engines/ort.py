@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import read_onnx, sha256_file
+from ..artifacts import read_onnx
 from ..errors import MissingDependency, UserError
+from ..files import sha256_file
 from .base import Runner
 from .kind import EngineKind, EngineSettings, EngineSpec, Model
 from .trt import BatchProfile

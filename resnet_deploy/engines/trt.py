@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import EngineArtifact, OnnxArtifact, atomic_path, sha256_file, sidecar_path, write_json_atomic
+from ..artifacts import EngineArtifact, OnnxArtifact, atomic_path, sha256_file, sidecar_path, write_sidecar
 from ..errors import CheckFailed, MissingDependency, ResnetDeployError, UserError
 from .base import Runner
 from .kind import EngineKind, EngineSettings, EngineSpec, Model
@@ -479,7 +479,7 @@ def build_engine(model: OnnxArtifact, path: Path, options: TensorRTOptions, prof
         class_names=model.class_names,
         origin=model.origin,
     )
-    write_json_atomic(sidecar_path(path), {**artifact.metadata(), "sha256": digest})
+    write_sidecar(path, artifact.metadata(), digest)
     return artifact
 
 

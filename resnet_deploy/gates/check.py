@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..pipeline.report import environment_differences
+from .environment import environment_differences
 from .spec import ACCURACY_SPECS, SPEC_BY_KEY, AppliedThreshold, Bound, Gates, GateSpec, Threshold, reference_key
 
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import read_user_text
 from ..errors import UserError
+from ..files import read_user_text
 
 
 class Bound(enum.StrEnum):

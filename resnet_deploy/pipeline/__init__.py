@@ -1,1 +1,4 @@
-"""The stages: fold -> export -> (quantize) -> validate -> benchmark -> report."""
+"""The stages: fold -> export -> (quantize, in calibration/) -> validate -> benchmark, planned and run by build.
+
+build writes the report (reports/) and applies the gates (gates/) inside its staged output folder.
+"""

@@ -1,4 +1,4 @@
-"""Latency and throughput of a runner: warm-up first, many timed iterations, percentiles.
+"""Latency and throughput of a runner: warm-up first, many timed iterations, percentiles (`reports.report.Latency`).
 
 Each runner is measured in its own block (all its batch sizes, then the next runner): thread pools that
 spin after work steal the cores from the next engine when calls are interleaved one by one.
@@ -7,67 +7,13 @@ spin after work steal the cores from the next engine when calls are interleaved 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..config import BenchmarkOptions
 from ..engines.base import Runner
+from ..options import BenchmarkOptions
 from ..progress import Progress
-
-SAMPLE_DECIMALS = 4  # samples are kept in ms to 0.1 us: compact in report.json, far below timer noise
-
-
-@dataclass(frozen=True)
-class Latency:
-    batch_size: int
-    iterations: int
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    max_ms: float
-    throughput_ips: float  # images per second at the mean latency
-    # GPU runners only: compute time on the device (CUDA events around the engine's execution, without the
-    # host<->device copies). The fields above are then the end-to-end time of a call, copies included.
-    gpu_p50_ms: float | None = None
-    gpu_p99_ms: float | None = None
-    gpu_mean_ms: float | None = None
-    # Every timed call in order, in ms rounded to 0.1 us (for distribution plots). Reports written before
-    # this field existed have no `samples_ms`; readers treat it as optional.
-    samples_ms: tuple[float, ...] = ()
-
-    def as_dict(self) -> dict[str, float | int | list[float]]:
-        out = {key: value for key, value in asdict(self).items() if value is not None or not key.startswith("gpu_")}
-        out["samples_ms"] = list(self.samples_ms)
-        return out
-
-    @classmethod
-    def from_samples(cls, batch_size: int, samples_ms: np.ndarray, device_ms: np.ndarray | None = None) -> "Latency":
-        p50, p90, p95, p99 = np.percentile(samples_ms, [50, 90, 95, 99])
-        mean = float(samples_ms.mean())
-        gpu: dict[str, float] = {}
-        if device_ms is not None and device_ms.size:
-            gpu_p50, gpu_p99 = np.percentile(device_ms, [50, 99])
-            gpu = {"gpu_p50_ms": float(gpu_p50), "gpu_p99_ms": float(gpu_p99), "gpu_mean_ms": float(device_ms.mean())}
-        return cls(
-            batch_size=batch_size,
-            iterations=int(samples_ms.size),
-            p50_ms=float(p50),
-            p90_ms=float(p90),
-            p95_ms=float(p95),
-            p99_ms=float(p99),
-            mean_ms=mean,
-            std_ms=float(samples_ms.std(ddof=1)) if samples_ms.size > 1 else 0.0,
-            min_ms=float(samples_ms.min()),
-            max_ms=float(samples_ms.max()),
-            throughput_ips=batch_size * 1000.0 / mean if mean > 0 else 0.0,
-            **gpu,
-            samples_ms=tuple(round(float(x), SAMPLE_DECIMALS) for x in samples_ms),
-        )
+from ..reports.report import Latency
 
 
 def make_batch(images: np.ndarray, batch_size: int) -> np.ndarray:

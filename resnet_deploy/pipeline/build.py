@@ -11,7 +11,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..artifacts import OnnxArtifact, staged_output_dir
+from ..artifacts import OnnxArtifact
 from ..calibration.calibrate import CALIB_NAME, Calibration, CalibrationSet
 from ..calibration.fp16 import convert_fp16
 from ..calibration.quantize import ModelOptSession, judged_exactly, tensorrt_int8_meanwhile
@@ -22,17 +22,21 @@ from ..engines import registry
 from ..engines.base import Runner
 from ..engines.ort import exact_runner
 from ..engines.pytorch import PyTorchRunner
+from ..files import staged_output_dir
 from ..isa import host_isa
 from ..isa import mismatch as cpu_mismatch
 from ..models import load_model
 from ..progress import Progress
+from ..reports.environment import environment
+from ..reports.report import EngineResult, Report
+from ..reports.schema import read_report
+from ..reports.write import write_report
 from .benchmark import benchmark_all
 from .export import export_onnx
 from .fold import fold_and_verify, save_folded
 from .kernels import broken_model, kernel_loss
 from .plan import PlannedEngine, build_engines, check_engine_options, plan_engines
 from .quantize import CalibrationImages, calibrate_model, fixed_nodes, prepare_calibration, quantize_one, target_check
-from .report import EngineResult, Report, environment, read_report
 from .validate import Accuracy, validate_all
 
 CHECK_IMAGES = 32  # real images used by the fold and export checks
@@ -303,7 +307,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
                 report_label=str(config.out.absolute() / "report.json"),
                 baseline_label=None if config.baseline is None else str(config.baseline),
             )
-        report.write(stage)
+        write_report(report, stage)
     return report
 
 

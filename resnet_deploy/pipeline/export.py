@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import OnnxArtifact, atomic_path, sha256_file, sidecar_path, write_json_atomic
+from ..artifacts import OnnxArtifact, write_sidecar
 from ..errors import CheckFailed, UserError
+from ..files import atomic_path, sha256_file
 from ..models import ModelInfo
 from .parity import Parity, compare_logits
 
@@ -116,7 +117,7 @@ def export_onnx(
         class_names=None if model.class_names is None else list(model.class_names),
         origin=model.origin,
     )
-    write_json_atomic(sidecar_path(path), {**artifact.metadata(), "sha256": digest})
+    write_sidecar(path, artifact.metadata(), digest)
     return artifact
 
 

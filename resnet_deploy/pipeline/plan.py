@@ -22,7 +22,7 @@ from ..engines.openvino import require_bf16
 from ..engines.trt import BatchProfile
 from ..errors import MissingDependency, UserError
 from ..progress import Progress
-from .report import EngineResult
+from ..reports.report import EngineResult
 
 
 @dataclass(frozen=True)

@@ -163,9 +163,10 @@ def serve_check(repo: Path, images: np.ndarray, options: ServeCheckOptions, prog
 
 def write_serving(build: Path, section: dict[str, Any]) -> None:
     """Add (or replace) the `serving` section of the build's report.json, and write report.md/html again."""
-    from ..artifacts import write_json_atomic, write_text_atomic
-    from ..pipeline.html import render_html
-    from ..pipeline.report import read_report, to_markdown
+    from ..files import write_json_atomic, write_text_atomic
+    from ..reports.html import render_html
+    from ..reports.markdown import to_markdown
+    from ..reports.schema import read_report
 
     path = Path(build) / "report.json"
     data = read_report(path, "build report")

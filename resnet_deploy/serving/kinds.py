@@ -3,24 +3,76 @@
 One entry per backend name as report.json writes it (`onnxruntime`, `openvino`, `tensorrt`), and one per
 runtime of the Python-backend variant. Each entry only fills in a `ModelConfig` (Triton's own protobuf,
 from tritonclient) that `repository.py` has started with what every model shares (name, inputs, outputs,
-batching, instances, labels, preprocessing); nothing here reads the build or writes files.
+batching, instances, labels, preprocessing); nothing here reads the build or writes files. The served model
+(`ServedModel`) and the repository's options (`RepositoryOptions`), which each entry reads, are defined here.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .repository import RepositoryOptions, ServedModel
+from ..errors import UserError
 
 
 class InstanceKind(StrEnum):
     CPU = "cpu"
     GPU = "gpu"
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """How the models are served (the `resnet-deploy triton` options)."""
+
+    python_backend: bool = False
+    max_batch_size: int | None = None  # default: the build's largest benchmark batch size
+    preferred_batch_sizes: tuple[int, ...] | None = None  # default: the build's batch sizes above 1
+    max_queue_delay_us: int = 100
+    instance_count: int = 1
+    instance_kind: InstanceKind | None = None  # the ONNX Runtime models' (default cpu); the other kinds have their own
+    threads: int | None = None
+    python_env: str = sys.prefix  # EXECUTION_ENV_PATH of the Python-backend models: a virtualenv with numpy + the runtime
+    onnxruntime_tensorrt: bool = False  # ONNX Runtime models: add ONNX Runtime's TensorRT accelerator (GPU)
+
+    def __post_init__(self) -> None:
+        for label, value, low, high in (
+            ("--max-batch-size", self.max_batch_size, 1, 4096),
+            ("--max-queue-delay-us", self.max_queue_delay_us, 0, 10_000_000),
+            ("--instance-count", self.instance_count, 1, 256),
+            ("--threads", self.threads, 1, 1024),
+        ):
+            if value is not None and not low <= value <= high:
+                raise UserError(f"{label} must be between {low} and {high}, got {value}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton's: TYPE_FP32, ...
+    dims: tuple[int, ...]  # without the batch dimension when the model batches
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One engine of the build as a Triton model."""
+
+    name: str
+    engine: str  # the engine's name in report.json, e.g. onnxruntime-int8
+    backend: str  # report.json's backend: onnxruntime (or onnxruntime-cuda, ...), openvino, tensorrt
+    precision: str
+    target: str | None
+    source: Path  # the engine's file in the build folder
+    source_sha256: str
+    input: TensorSpec
+    output: TensorSpec
+    batched: bool
+    max_batch_size: int
+    preprocess: dict[str, Any]
+    manifest: dict[str, Any] | None = None  # TensorRT engines: the build manifest (GPU, compute capability, ...)
 
 
 # ONNX Runtime's TensorRT accelerator (Triton's onnxruntime backend): the precision it may build in, per model.

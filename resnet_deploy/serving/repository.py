@@ -18,22 +18,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import (
-    EngineArtifact,
-    OnnxArtifact,
-    read_onnx,
-    read_user_text,
-    sidecar_path,
-    staged_output_dir,
-    write_text_atomic,
-)
+from ..artifacts import EngineArtifact, OnnxArtifact, read_onnx, sidecar_path
 from ..errors import CheckFailed, MissingDependency, UserError
-from .kinds import PYTHON_MODEL_SOURCE, InstanceKind, Kind, kind_of, set_parameter
+from ..files import read_user_text, staged_output_dir, write_text_atomic
+from .kinds import PYTHON_MODEL_SOURCE, InstanceKind, Kind, RepositoryOptions, ServedModel, TensorSpec, kind_of, set_parameter
 
 LABELS_FILE = "labels.txt"
 NATIVE_BACKEND_NAMES = {
@@ -57,57 +49,6 @@ def model_config_pb2():
             "the Triton commands need tritonclient (Triton's ModelConfig and gRPC client): pip install 'resnet-deploy[triton]'"
         ) from None
     return pb2
-
-
-@dataclass(frozen=True)
-class RepositoryOptions:
-    """How the models are served (the `resnet-deploy triton` options)."""
-
-    python_backend: bool = False
-    max_batch_size: int | None = None  # default: the build's largest benchmark batch size
-    preferred_batch_sizes: tuple[int, ...] | None = None  # default: the build's batch sizes above 1
-    max_queue_delay_us: int = 100
-    instance_count: int = 1
-    instance_kind: InstanceKind | None = None  # the ONNX Runtime models' (default cpu); the other kinds have their own
-    threads: int | None = None
-    python_env: str = sys.prefix  # EXECUTION_ENV_PATH of the Python-backend models: a virtualenv with numpy + the runtime
-    onnxruntime_tensorrt: bool = False  # ONNX Runtime models: add ONNX Runtime's TensorRT accelerator (GPU)
-
-    def __post_init__(self) -> None:
-        for label, value, low, high in (
-            ("--max-batch-size", self.max_batch_size, 1, 4096),
-            ("--max-queue-delay-us", self.max_queue_delay_us, 0, 10_000_000),
-            ("--instance-count", self.instance_count, 1, 256),
-            ("--threads", self.threads, 1, 1024),
-        ):
-            if value is not None and not low <= value <= high:
-                raise UserError(f"{label} must be between {low} and {high}, got {value}")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    data_type: str  # Triton's: TYPE_FP32, ...
-    dims: tuple[int, ...]  # without the batch dimension when the model batches
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """One engine of the build as a Triton model."""
-
-    name: str
-    engine: str  # the engine's name in report.json, e.g. onnxruntime-int8
-    backend: str  # report.json's backend: onnxruntime (or onnxruntime-cuda, ...), openvino, tensorrt
-    precision: str
-    target: str | None
-    source: Path  # the engine's file in the build folder
-    source_sha256: str
-    input: TensorSpec
-    output: TensorSpec
-    batched: bool
-    max_batch_size: int
-    preprocess: dict[str, Any]
-    manifest: dict[str, Any] | None = None  # TensorRT engines: the build manifest (GPU, compute capability, ...)
 
 
 @dataclass
@@ -157,7 +98,7 @@ def _onnx_tensors(path: Path) -> tuple[TensorSpec, TensorSpec, bool]:
 
 
 def _build_report(build: Path) -> dict[str, Any]:
-    from ..pipeline.report import read_report
+    from ..reports.schema import read_report
 
     build = Path(build)
     if not build.is_dir():

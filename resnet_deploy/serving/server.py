@@ -36,8 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts import _signals_deferred
 from ..errors import MissingDependency, UserError
+from ..files import signals_deferred
 
 ENV_VARIABLE = "RESNET_DEPLOY_TRITONSERVER"
 VENV_FOLDER = "tritonserver"  # <venv>/tritonserver: `pip install --no-deps --target` of the nvidia-pytriton wheel
@@ -272,7 +272,7 @@ class TritonServer:
         process = self.process
         if process is None:
             return
-        with _signals_deferred():  # a second Ctrl-C must not leave the server running
+        with signals_deferred():  # a second Ctrl-C must not leave the server running
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)

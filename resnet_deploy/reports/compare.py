@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .pipeline.report import environment_differences
+from ..gates.environment import environment_differences
+from .formats import delta, pct_change, value
 
 # (field, label, format): "%" shows a fraction of 1 as a percentage and its delta in points
 ACCURACY_METRICS: tuple[tuple[str, str, str], ...] = (
@@ -22,25 +23,6 @@ ACCURACY_METRICS: tuple[tuple[str, str, str], ...] = (
     ("mean_abs_diff", "mean abs diff", ".4g"),
 )
 LATENCY_METRICS: tuple[tuple[str, str], ...] = (("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("throughput_ips", "img/s"))
-
-
-def _value(value: float | None, fmt: str = ".4g") -> str:
-    if value is None:
-        return "n/a"
-    return f"{value * 100:.2f}%" if fmt == "%" else format(value, fmt)
-
-
-def _delta(old: float | None, new: float | None, fmt: str = ".4g") -> str:
-    """The absolute change (in points for fractions shown as percentages)."""
-    if old is None or new is None:
-        return "n/a"
-    return f"{(new - old) * 100:+.2f} pts" if fmt == "%" else format(new - old, "+" + fmt)
-
-
-def pct_change(old: float | None, new: float | None) -> str:
-    if old is None or new is None or old == 0:
-        return "n/a"
-    return f"{(new - old) / abs(old) * 100:+.1f}%"
 
 
 def _cell(text: str) -> str:
@@ -64,8 +46,8 @@ def _accuracy_rows(old: dict[str, Any], new: dict[str, Any], names: list[str]) -
     ref_old, ref_new = old["reference"].get("top1"), new["reference"].get("top1")
     if ref_old is not None or ref_new is not None:
         rows.append(
-            f"| {_cell(new['reference']['name'])} (reference) | top-1 on labels | {_value(ref_old, '%')} | "
-            f"{_value(ref_new, '%')} | {_delta(ref_old, ref_new, '%')} | {pct_change(ref_old, ref_new)} |"
+            f"| {_cell(new['reference']['name'])} (reference) | top-1 on labels | {value(ref_old, '%')} | "
+            f"{value(ref_new, '%')} | {delta(ref_old, ref_new, '%')} | {pct_change(ref_old, ref_new)} |"
         )
     old_engines, new_engines = _by_name(old["engines"]), _by_name(new["engines"])
     for name in names:
@@ -75,7 +57,7 @@ def _accuracy_rows(old: dict[str, Any], new: dict[str, Any], names: list[str]) -
             if x is None and y is None:
                 continue
             rows.append(
-                f"| {_cell(name)} | {label} | {_value(x, fmt)} | {_value(y, fmt)} | {_delta(x, y, fmt)} | {pct_change(x, y)} |"
+                f"| {_cell(name)} | {label} | {value(x, fmt)} | {value(y, fmt)} | {delta(x, y, fmt)} | {pct_change(x, y)} |"
             )
     return rows
 
@@ -92,7 +74,7 @@ def _latency_rows(old: dict[str, Any], new: dict[str, Any], names: list[str]) ->
             cells = [_cell(name), str(batch)]
             for field, _ in LATENCY_METRICS:
                 x, y = a.get(field), b.get(field)
-                cells += [_value(x), _value(y), pct_change(x, y)]
+                cells += [value(x), value(y), pct_change(x, y)]
             rows.append("| " + " | ".join(cells) + " |")
     return rows
 

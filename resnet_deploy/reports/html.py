@@ -16,7 +16,9 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from .report import confusion_table, model_lines, per_class_table, precision_label
+from ..engines.naming import precision_label
+from .formats import num, pct
+from .markdown import confusion_table, model_lines, per_class_table
 
 STYLE: dict[str, Any] = {
     "font.size": 9,
@@ -55,14 +57,6 @@ code { background: #f3f3f3; padding: 0 .25em; }
 
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _num(value: Any, fmt: str = ".4g") -> str:
-    return "n/a" if value is None else format(value, fmt)
-
-
-def _pct(value: Any) -> str:
-    return "n/a" if value is None else f"{value * 100:.2f}%"
 
 
 def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
@@ -283,8 +277,8 @@ def _model_section(report: dict[str, Any]) -> str:
         ["classes", _esc(model.get("num_classes"))],
         ["input", _esc("x".join(map(str, model.get("input_shape", []))))],
         ["BN folding", _esc(f"{fold.get('folded')} folded, {fold.get('remaining_batchnorm')} remaining, "
-                            f"max abs diff {_num(fold.get('max_abs_diff'), '.3g')}")],
-        ["ONNX export", _esc(f"opset {export.get('opset')}, max abs diff vs PyTorch {_num(export.get('max_abs_diff'), '.3g')}")],
+                            f"max abs diff {num(fold.get('max_abs_diff'), '.3g')}")],
+        ["ONNX export", _esc(f"opset {export.get('opset')}, max abs diff vs PyTorch {num(export.get('max_abs_diff'), '.3g')}")],
         ["validation data", _esc(f"{val.get('path', '?')}: {val.get('candidates', '?')} files, "
                                  f"labels: {'yes' if val.get('labels') else 'no'}, skipped: {val.get('skipped', 0)}")],
     ]  # fmt: skip
@@ -326,7 +320,7 @@ def _accuracy_section(report: dict[str, Any]) -> str:
     header = ["engine", "precision", "samples", "top-1 agree", "exact top-1 agree", "top-5 agree", "max abs diff",
               "mean abs diff", "cosine min", "cosine mean", "top-1", "top-1 drop (pts)", "NaN/Inf"]  # fmt: skip
     rows = [
-        [f"{_esc(ref['name'])} (reference)", "fp32", "", "100%", "", "100%", "0", "0", "1", "1", _pct(ref.get("top1")), "", ""]
+        [f"{_esc(ref['name'])} (reference)", "fp32", "", "100%", "", "100%", "0", "0", "1", "1", pct(ref.get("top1")), "", ""]
     ]
     for engine in report["engines"]:
         acc = engine.get("accuracy")
@@ -336,14 +330,14 @@ def _accuracy_section(report: dict[str, Any]) -> str:
             continue
         nonfinite = acc.get("nonfinite_outputs") or 0
         exact = engine.get("reference_accuracy")
-        agree = _pct(acc.get("top1_agreement"))
+        agree = pct(acc.get("top1_agreement"))
         rows.append([
             _esc(engine["name"]), _esc(precision_label(engine)), _esc(acc.get("samples", "")),
             f'<span class="fail">{agree} (kernel loss)</span>' if engine.get("kernel_loss") else agree,
-            _pct(exact.get("top1_agreement")) if exact else "", _pct(acc.get("top5_agreement")),
-            _num(acc.get("max_abs_diff"), ".3g"),
-            _num(acc.get("mean_abs_diff"), ".3g"), _num(acc.get("cosine_min"), ".6f"), _num(acc.get("cosine_mean"), ".6f"),
-            _pct(acc.get("top1")), _num(acc.get("top1_drop_points"), "+.2f"),
+            pct(exact.get("top1_agreement")) if exact else "", pct(acc.get("top5_agreement")),
+            num(acc.get("max_abs_diff"), ".3g"),
+            num(acc.get("mean_abs_diff"), ".3g"), num(acc.get("cosine_min"), ".6f"), num(acc.get("cosine_mean"), ".6f"),
+            pct(acc.get("top1")), num(acc.get("top1_drop_points"), "+.2f"),
             f'<span class="fail">{nonfinite}</span>' if nonfinite else "0",
         ])  # fmt: skip
     losses = [f"<li>{_esc(e['kernel_loss'])}</li>" for e in report["engines"] if e.get("kernel_loss")]
@@ -363,10 +357,10 @@ def _latency_section(report: dict[str, Any]) -> str:
             rows.append(
                 [_esc(entry["name"]), str(row["batch_size"]), _esc(row.get("iterations", ""))]
                 + [
-                    _num(row.get(k), ".3f")
+                    num(row.get(k), ".3f")
                     for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms")
                 ]
-                + [_num(row.get("throughput_ips"), ".1f")]
+                + [num(row.get("throughput_ips"), ".1f")]
             )
     if not rows:
         return "<h2>Latency</h2><p>No latency was measured.</p>"
@@ -430,7 +424,7 @@ def _mixed_precision_section(report: dict[str, Any]) -> str:
         ]  # fmt: skip
         if on_val:
             verdict = '<span class="pass">met</span>' if on_val["met"] else '<span class="fail">missed</span>'
-            facts.append(["on --val-data", f"{_pct(on_val['top1_agreement'])} top-1 agreement: {verdict}"])
+            facts.append(["on --val-data", f"{pct(on_val['top1_agreement'])} top-1 agreement: {verdict}"])
         facts += [
             [
                 _esc(f"latency cost, batch {c['batch_size']}"),
@@ -439,8 +433,8 @@ def _mixed_precision_section(report: dict[str, Any]) -> str:
             for c in search.get("latency_cost") or []
         ]
         steps = [
-            [str(i), _esc(s["phase"]), str(len(s["excluded"])), _pct(s["top1_agreement"]),
-             _num(s.get("top1_drop_points"), "+.2f"), '<span class="pass">met</span>' if s["met"] else "missed"]
+            [str(i), _esc(s["phase"]), str(len(s["excluded"])), pct(s["top1_agreement"]),
+             num(s.get("top1_drop_points"), "+.2f"), '<span class="pass">met</span>' if s["met"] else "missed"]
             for i, s in enumerate(search["steps"], 1)
         ]  # fmt: skip
         parts.append(f"<h3>{_esc(engine['name'])}: {status}</h3>" + _table(["", ""], facts, text_columns=2))
@@ -487,17 +481,17 @@ def _serving_section(serving: dict[str, Any] | None) -> str:
     rows = []
     for model in serving["models"]:
         a = model["agreement"]
-        verdict = f'<span class="{"pass" if a["passed"] else "fail"}">{_pct(a["top1_agreement"])}</span>'
+        verdict = f'<span class="{"pass" if a["passed"] else "fail"}">{pct(a["top1_agreement"])}</span>'
         for i, level in enumerate(model["levels"]):
             s = level["server"]
             first = (
-                [_esc(model["name"]), _esc(model["engine"]), verdict, _num(a.get("max_abs_diff"), ".3g")] if i == 0 else [""] * 4
+                [_esc(model["name"]), _esc(model["engine"]), verdict, num(a.get("max_abs_diff"), ".3g")] if i == 0 else [""] * 4
             )
             sizes = ", ".join(f"{k}: {v}" for k, v in (s.get("batch_sizes") or {}).items())
             rows.append(first + [
-                str(level["concurrency"]), _esc(level.get("requests", "")), _num(level.get("throughput_ips"), ".1f"),
-                _num(level.get("p50_ms"), ".2f"), _num(level.get("p90_ms"), ".2f"), _num(level.get("p99_ms"), ".2f"),
-                _num(s.get("queue_us"), ".0f"), _num(s.get("compute_us"), ".0f"), _num(s.get("mean_batch"), ".2f"), _esc(sizes),
+                str(level["concurrency"]), _esc(level.get("requests", "")), num(level.get("throughput_ips"), ".1f"),
+                num(level.get("p50_ms"), ".2f"), num(level.get("p90_ms"), ".2f"), num(level.get("p99_ms"), ".2f"),
+                num(s.get("queue_us"), ".0f"), num(s.get("compute_us"), ".0f"), num(s.get("mean_batch"), ".2f"), _esc(sizes),
             ])  # fmt: skip
     failures = "".join(f'<p class="fail">{_esc(f)}</p>' for f in serving.get("failures", []))
     draw, size = _draw_serving(serving["models"])
@@ -521,14 +515,14 @@ def _layers_section(layers: dict[str, Any] | None, heading: str = "h2") -> str:
     figure = _Plots().render("layer-sensitivity", "per-node sensitivity, most sensitive first", draw, size)
     header = ["node", "module", "op", "SQNR (dB)", "agreement cost (pts)", "agreement with it unquantized"]
     cells = [
-        [_esc(r["node"]), _esc(r.get("module") or ""), _esc(r["op_type"]), _num(r.get("sqnr_db"), ".2f"),
-         _num(r.get("top1_agreement_drop_points"), "+.2f"), _pct(r.get("top1_agreement_unquantized"))]
+        [_esc(r["node"]), _esc(r.get("module") or ""), _esc(r["op_type"]), num(r.get("sqnr_db"), ".2f"),
+         num(r.get("top1_agreement_drop_points"), "+.2f"), pct(r.get("top1_agreement_unquantized"))]
         for r in rows
     ]  # fmt: skip
     full = layers["fully_quantized"]
     return (
         f"<{heading}>Per-layer INT8 sensitivity: {_esc(layers['model']['arch'])} ({_esc(layers['target'])} target)"
-        f"</{heading}><p>Fully quantized: {_pct(full['top1_agreement'])} top-1 agreement with the FP32 model on "
+        f"</{heading}><p>Fully quantized: {pct(full['top1_agreement'])} top-1 agreement with the FP32 model on "
         f"{_esc(layers['selection']['samples'])} images ({_esc(layers['selection']['origin'])}). Agreement cost: "
         "the points of top-1 agreement the model gains when only that node is left unquantized.</p>"
         + figure
