@@ -21,7 +21,15 @@ from resnet_deploy.calibration.methods import (
     parse_method,
     percentile_amax,
 )
-from resnet_deploy.calibration.statistics import BATCH_SIZE, StatisticsPlan, TensorStatistics, sample_stride
+from resnet_deploy.calibration.statistics import (
+    BATCH_SIZE,
+    SAMPLES_PER_IMAGE,
+    Sampling,
+    StatisticsPlan,
+    TensorStatistics,
+    grid_stride,
+    sample_stride,
+)
 from resnet_deploy.data import open_dataset
 from resnet_deploy.errors import UserError
 
@@ -97,6 +105,20 @@ def test_sample_stride_is_prime_and_coprime_with_the_shape():
         assert int(np.prod(dims)) // step >= 8192 * 0.5
 
 
+def test_grid_stride_samples_about_samples_per_image_values():
+    """Activations are sampled on a grid of rows and columns (x[:, :, ::g, ::g]): at most about SAMPLES_PER_IMAGE
+    values per image, never fewer than a quarter of them when the activation has more, every channel."""
+    assert grid_stride((64, 8, 8)) == 1  # small: every value
+    for dims in [(256, 56, 56), (64, 112, 112), (2048, 7, 7), (1024, 14, 14), (104, 91, 91), (11, 121, 127), (512, 28, 28)]:
+        c, h, w = dims
+        g = grid_stride(dims)
+        count = c * len(range(0, h, g)) * len(range(0, w, g))
+        assert SAMPLES_PER_IMAGE / 4 <= count <= 2 * SAMPLES_PER_IMAGE, (dims, g, count)
+    assert Sampling.of((256, 56, 56), is_input=False) == Sampling(grid=grid_stride((256, 56, 56)))
+    assert Sampling.of((3, 224, 224), is_input=True) == Sampling(flat=sample_stride((3, 224, 224)))  # the image: flat
+    assert Sampling.of((1000,), is_input=False) == Sampling(flat=1)
+
+
 # ------------------------------------------------------------------------------------ the statistics
 
 
@@ -119,14 +141,19 @@ def test_statistics_match_an_independent_pass(fp32_onnx, calib_dataset, calibrat
         images += len(batch.images)
         outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input": batch.images})))
         outputs["input"] = batch.images
-        for n, stride in plan.measured.items():
+        for n, sampling in plan.measured.items():
             low[n], high[n] = min(low[n], outputs[n].min()), max(high[n], outputs[n].max())
             batch_low = min(0.0, outputs[n].max()) if n in plan.nonnegative else outputs[n].min()
             batch_amax = max(abs(float(batch_low)), abs(float(outputs[n].max())))
-            histograms[n].add_sample(np.array(outputs[n].reshape(-1)[index % stride :: stride], np.float32), batch_amax)
+            if sampling.grid:
+                sample = outputs[n][:, :, :: sampling.grid, :: sampling.grid].reshape(-1)
+            else:
+                sample = outputs[n].reshape(-1)[index % sampling.flat :: sampling.flat]
+            histograms[n].add_sample(np.array(sample, np.float32), batch_amax)
     stats = calibration.statistics
     assert stats.samples == images == 270
     assert set(stats.tensors) == set(plan.measured)
+    assert any(s.grid for s in plan.measured.values()) and any(not s.grid for s in plan.measured.values())  # both kinds
     for n, s in stats.tensors.items():
         expected_low = min(0.0, low[n]) if n in plan.nonnegative else low[n]
         assert s.minimum == pytest.approx(expected_low, abs=1e-6) and s.maximum == pytest.approx(high[n], abs=1e-6), n

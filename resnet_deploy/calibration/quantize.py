@@ -23,7 +23,6 @@ import concurrent.futures
 import contextlib
 import copy
 import enum
-import functools
 import io
 import json
 import logging
@@ -44,7 +43,17 @@ from ..errors import CheckFailed
 from ..isa import CpuKind, host_isa
 from ..options import Target
 from .calibrate import Calibration
-from .graph import QDQ_OPS, checked_onnx, count_ops, derived_artifact, excluded_nodes, load_onnx, producers, quantized_nodes
+from .graph import (
+    QDQ_OPS,
+    checked_onnx,
+    count_ops,
+    derived_artifact,
+    excluded_nodes,
+    load_onnx,
+    producers,
+    quantized_nodes,
+    shape_inferred,
+)
 
 TRT_CACHE_HEADER = "TRT-8501-EntropyCalibration2"
 
@@ -68,23 +77,6 @@ def captured_output() -> Iterator[io.StringIO]:
     finally:
         logging.disable(previous)
         root.removeHandler(handler)
-
-
-def _identity(path: Path) -> tuple[int, int, int]:
-    stat = path.stat()
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-@functools.lru_cache(maxsize=2)
-def _shape_inferred(path: str, *identity: int) -> bytes:
-    """The FP32 model with inferred shapes, serialized: what ONNX Runtime's quantizer starts from.
-
-    Shape inference takes most of a small model's quantization time, and a mixed-precision search or
-    `layers` quantizes the same file dozens of times: kept per file version (inode, size, mtime).
-    """
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
-
-    return load_model_with_shape_infer(Path(path)).SerializeToString()
 
 
 class OrtWeights(enum.StrEnum):
@@ -138,7 +130,7 @@ def _quantize_onnxruntime(
         OrtMethod.MinMax,
         {name: TensorData(lowest=np.float32(r.low), highest=np.float32(r.high)) for name, r in calibration.ranges.items()},
     )
-    model = onnx.ModelProto.FromString(_shape_inferred(str(source), *_identity(Path(source))))
+    model = onnx.ModelProto.FromString(shape_inferred(source))
     model = update_opset_version(model, QuantType.QInt8)
     signed = weights is not OrtWeights.UINT8
     quantizer = QDQQuantizer(

@@ -1,13 +1,21 @@
 """Activation statistics in ONE pass of ONNX Runtime over the calibration set.
 
 For each tensor that needs an INT8 range, the FP32 graph gets a few nodes that ONNX Runtime runs with the
-model, in its thread pool: the tensor's maximum (and minimum, unless a Relu made it) per image, and a
-strided sample (a prime step, about `SAMPLES_PER_IMAGE` values per image; the start moves with the batch
-index) of the batch flattened in NCHW order. Only those small results leave the session; numpy adds each
+model, in its thread pool: the tensor's maximum (and minimum, unless a Relu made it) per image, and a sample
+of about `SAMPLES_PER_IMAGE` values per image. Only those small results leave the session; numpy adds each
 sample to a histogram of |x| (bins fixed by the first batch). Every calibration method and both INT8
 targets are computed from these statistics afterwards, and FP16's overflow check reads the same maxima.
-(The first version returned every measured tensor whole and reduced it in numpy on one core: on
-ResNet-50 about 70 tensors, 530 MB per batch of 8, held at once. The statistics are the same.)
+
+The nodes are chosen so that ONNX Runtime can keep running the model in its blocked NCHWc layout: an
+activation (N, C, H, W) gets its maximum from a GlobalMaxPool and its sample from a MaxPool with a 1x1 kernel
+and a stride (`Sampling.grid`: every g-th row and column of every channel, the same positions in every
+image), both of which ONNX Runtime runs on NCHWc; only their small results are reordered back to NCHW.
+A ReduceMax or Slice on the activation itself would need the whole tensor reordered first. Minima (of the
+tensors a Relu does not bound) still take that reorder: there is no NCHWc op for them. Other tensors (the
+graph input, rank-2 logits, ...) are sampled flat: every `Sampling.flat`-th value of the image in NCHW
+order, a prime step starting at the batch index. (The first version returned every measured tensor whole
+and reduced it in numpy on one core: on ResNet-50 about 70 tensors, 530 MB per batch of 8, held at once;
+the second sampled every tensor flat and spent a quarter of the pass on reorders.)
 
 Tensors whose range follows from another tensor are not measured (tapping them would also stop ONNX
 Runtime from fusing Conv+Relu, which costs more than the tap itself):
@@ -24,6 +32,7 @@ the images are checked to be finite when read), which always reaches the maximum
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +44,7 @@ NUM_BINS = 2048  # histogram bins of |x| set by the first batch (TensorRT's and 
 MAX_BINS = 16384  # when later batches stretch the range past this, neighbouring bins are merged
 SAMPLES_PER_IMAGE = 8192  # values per image and tensor that enter the histogram
 BATCH_SIZE = 8
-STATISTICS_VERSION = 1
+STATISTICS_VERSION = 2  # 2: activations sampled on a grid (NCHWc-friendly), 1: flat
 
 RANGE_PRESERVING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
 CLIPPING = frozenset({"Relu", "Clip"})
@@ -77,11 +86,36 @@ def sample_stride(dims: tuple[int, ...] | None) -> int:
     return step
 
 
+def grid_stride(dims: tuple[int, ...]) -> int:
+    """Row and column step of the grid sample of a (C, H, W) activation: at most about SAMPLES_PER_IMAGE values."""
+    c, h, w = dims
+    return max(1, math.ceil(math.sqrt(c * h * w / SAMPLES_PER_IMAGE)))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a measured tensor's histogram sample is taken from each batch.
+
+    `grid` > 0: an activation (N, C, H, W), sampled at rows and columns 0, g, 2g, ... of every channel
+    (x[:, :, ::g, ::g]); `flat` otherwise: every `flat`-th value of the batch flattened in NCHW order,
+    starting at (batch index) % flat.
+    """
+
+    grid: int = 0
+    flat: int = 1
+
+    @classmethod
+    def of(cls, dims: tuple[int, ...] | None, is_input: bool) -> "Sampling":
+        if not is_input and dims is not None and len(dims) == 3 and all(d > 0 for d in dims):
+            return cls(grid=grid_stride(dims))
+        return cls(flat=sample_stride(dims))
+
+
 @dataclass(frozen=True)
 class StatisticsPlan:
-    """Which tensors of a graph are measured (each with its sample stride) and which take another's range."""
+    """Which tensors of a graph are measured (each with how it is sampled) and which take another's range."""
 
-    measured: dict[str, int]  # tensor -> sample stride for its histogram
+    measured: dict[str, Sampling]  # tensor -> how its histogram sample is taken
     nonnegative: frozenset[str]  # measured outputs of a Relu: min is 0, only the max is computed
     derived: dict[str, str]  # tensor -> the measured tensor whose range it takes
 
@@ -119,7 +153,8 @@ class StatisticsPlan:
                 return users[0].output[0]
             return None
 
-        measured: dict[str, int] = {}
+        inputs = {vi.name for vi in graph.input}
+        measured: dict[str, Sampling] = {}
         derived: dict[str, str] = {}
         for name in _activation_order(graph):
             if name not in floats:
@@ -131,7 +166,7 @@ class StatisticsPlan:
             if root != name:
                 derived[name] = root
             else:
-                measured[name] = sample_stride(shapes.get(name))
+                measured[name] = Sampling.of(shapes.get(name), name in inputs)
         nonnegative = frozenset(n for n in measured if (p := producer.get(n)) is not None and p.op_type in NONNEGATIVE)
         return cls(measured, nonnegative, derived)
 
@@ -198,10 +233,26 @@ def augment(model, plan: StatisticsPlan) -> Augmented:
     per_image, flat, per_image_axis = constant("per_image", [0, -1]), constant("flat", [-1]), constant("axis1", [1])
     axis0, end = constant("axis0", [0]), constant("end", [np.iinfo(np.int64).max])
     nodes, outputs = [], {}
-    for k, (name, stride) in enumerate(plan.measured.items()):
+    for k, (name, sampling) in enumerate(plan.measured.items()):
         t = f"{prefix}/{k}"
-        step = constant(f"{k}/stride", [stride])
         outputs[name] = Outputs(f"{t}/max", None if name in plan.nonnegative else f"{t}/min", f"{t}/sample")
+        if sampling.grid:  # NCHWc-friendly: the maximum of each channel, a 1x1 MaxPool with a stride for the sample
+            nodes += [
+                helper.make_node("GlobalMaxPool", [name], [f"{t}/channel_max"]),
+                helper.make_node("Reshape", [f"{t}/channel_max", per_image], [f"{t}/channels"]),
+                reduce("ReduceMax", f"{t}/channels", outputs[name].maximum),
+            ]
+            grid = sampling.grid
+            if grid > 1:
+                nodes.append(helper.make_node("MaxPool", [name], [f"{t}/grid"], kernel_shape=[1, 1], strides=[grid, grid]))
+            nodes.append(helper.make_node("Reshape", [f"{t}/grid" if grid > 1 else name, flat], [outputs[name].sample]))
+            if outputs[name].minimum:
+                nodes += [
+                    helper.make_node("Reshape", [name, per_image], [f"{t}/images"]),
+                    reduce("ReduceMin", f"{t}/images", outputs[name].minimum),
+                ]
+            continue
+        step = constant(f"{k}/stride", [sampling.flat])
         nodes += [
             helper.make_node("Reshape", [name, per_image], [f"{t}/images"]),
             reduce("ReduceMax", f"{t}/images", outputs[name].maximum),
@@ -327,8 +378,9 @@ def collect_statistics(
     import onnxruntime as ort
 
     from ..errors import CheckFailed
+    from .graph import shape_inferred
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+    model = onnx.ModelProto.FromString(shape_inferred(model_path))  # shared with ONNX Runtime's quantizer after it
     plan = StatisticsPlan.of(model)
     augmented = augment(model, plan)
     del model
