@@ -76,7 +76,6 @@ def _data_summary(dataset: Dataset) -> dict[str, object]:
         "candidates": len(dataset),
         "labels": dataset.has_labels,
         **({"labels_by": "class names" if by_name else "sorted folders"} if isinstance(dataset, ImageFolderDataset) else {}),
-        "classes": list(dataset.classes) if dataset.classes else None,  # ImageFolder subfolders: labels.txt of a Triton model
         "skipped": skipped.count,
         "skipped_examples": skipped.examples,
     }
