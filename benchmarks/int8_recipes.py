@@ -34,7 +34,7 @@ from cpu_engines import NNCF_IR, OpenVINOPeer, nncf_quantize, prepare, run_round
 
 from resnet_deploy.calibration.calibrate import CalibrationSet, calibrate
 from resnet_deploy.calibration.methods import CalibrationOptions
-from resnet_deploy.calibration.quantize import OrtWeights, _quantize_onnxruntime, quantize_int8
+from resnet_deploy.calibration.quantize import OrtWeights, make_int8, quantize_int8
 from resnet_deploy.config import OpenVINOOptions, Target, parse_input_size
 from resnet_deploy.data import open_dataset
 from resnet_deploy.engines.openvino import OpenVINORunner
@@ -55,9 +55,8 @@ def make_models(fp32, calibration, image: np.ndarray, folder: Path) -> dict[str,
     """The three onnxruntime-target recipes and the tensorrt-target model, from the same ranges."""
     models = {}
     for weights in OrtWeights:
-        path = folder / f"model.int8-{weights}.onnx"
-        _quantize_onnxruntime(fp32.path, calibration, [], path, weights)
-        models[f"onnxruntime target, weights {weights}"] = path
+        made = make_int8(fp32, calibration, Target.ONNXRUNTIME, [], image, folder / f"int8-{weights}", weights=weights)
+        models[f"onnxruntime target, weights {weights}"] = made["fp32"]
     models[TENSORRT] = quantize_int8(fp32, calibration, Target.TENSORRT, folder / "model.int8-tensorrt.onnx", image)[0].path
     return models
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from .errors import UserError
-from .files import atomic_path, sha256_file, write_json_atomic, write_text_atomic  # noqa: F401 - write_text_atomic for cli.py
+from .files import atomic_path, sha256_file, write_json_atomic
 from .options import check_range
 
 SIDECAR_SUFFIX = ".json"

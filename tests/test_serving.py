@@ -19,7 +19,13 @@ from click.testing import CliRunner
 
 from resnet_deploy.cli import cli
 from resnet_deploy.errors import UserError
-from resnet_deploy.serving.repository import RepositoryOptions, parse_config, read_repository, write_repository
+from resnet_deploy.serving.repository import (
+    RepositoryOptions,
+    class_labels,
+    parse_config,
+    read_repository,
+    write_repository,
+)
 
 from .conftest import console_script, one_error_line
 
@@ -104,6 +110,20 @@ def test_repository_layout_configs_and_labels(built, workload, tmp_path):
         assert config.backend == "python" and config.instance_group[0].count == 2
         assert config.parameters["runtime"].string_value == model.backend
         assert (model.folder / "1" / "model.py").is_file() and model.variant == "python"
+
+
+def test_labels_are_the_models_class_names_in_classifier_order(built):
+    """labels.txt line i names output i: the model's class names as the report and every sidecar record them (from
+    --labels they need not be in the sorted order of the --val-data folders), else the indices, with a note."""
+    _, _, out = built
+    report = json.loads((out / "report.json").read_text())
+    sidecar = json.loads((out / "model.fp32.onnx.json").read_text())
+    assert class_labels(report) == (sidecar["class_names"], None)
+    named = {**report, "model": {**report["model"], "class_names": [f"class {9 - i}" for i in range(10)]}}
+    assert class_labels(named) == ([f"class {9 - i}" for i in range(10)], None)
+    unnamed = {**report, "model": {**report["model"], "class_names": None}}
+    note = "labels.txt holds class indices: the build recorded no class names"
+    assert class_labels(unnamed) == ([str(i) for i in range(10)], note)
 
 
 def test_tensorrt_plans_are_chosen_by_compute_capability():

@@ -369,21 +369,25 @@ def make_int8(
     fp16: bool = False,
     session: ModelOptSession | None = None,
     cpu: CpuKind | None = None,
+    weights: OrtWeights | None = None,
 ) -> dict[str, Path]:
     """Quantize with `excluded` nodes (exact names) left in higher precision, into `folder`: {'fp32': path}
     (FP32 between the quantized layers) plus {'fp16': path} (FP16 there; tensorrt target only) if `fp16`.
-    `cpu`: the kind of CPU an onnxruntime-target model is for (None: this machine's).
+    `cpu`: the kind of CPU an onnxruntime-target model is for (None: this machine's), which chooses its weights
+    (WEIGHTS_FOR_CPU); `weights` chooses them instead, e.g. the U8U8 recipe no `--cpu` makes (benchmarks/).
 
     Ranges come from `calibration` as they are: no pass over any image. No sidecar, no checker: the
     search's candidates; `write_int8` turns the chosen files into artifacts.
     """
     if fp16 and target is not Target.TENSORRT:
         raise ValueError("an FP16-elsewhere INT8 model is made for the tensorrt target only")
+    if weights is not None and target is not Target.ONNXRUNTIME:
+        raise ValueError("the weights recipe is the onnxruntime target's")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     made = {"fp32": folder / "model.fp32.onnx", **({"fp16": folder / "model.fp16.onnx"} if fp16 else {})}
     if target is Target.ONNXRUNTIME:
-        weights = WEIGHTS_FOR_CPU[CpuKind(resolve_cpu(cpu)["kind"])]
+        weights = weights or WEIGHTS_FOR_CPU[CpuKind(resolve_cpu(cpu)["kind"])]
         _quantize_onnxruntime(fp32.path, calibration, list(excluded), made["fp32"], weights)
     elif session is not None:
         _quantize_tensorrt(fp32.path, calibration, list(excluded), fp32.input_name, example, made, session)

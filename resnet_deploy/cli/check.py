@@ -27,7 +27,7 @@ Exit codes: 0 every gate passes, 1 a gate fails (a missing metric or a table mat
 @common
 def gate(progress, report_path: Path, gates: Path | None, overrides, baseline, junit, summary, html_out) -> int:
     """Check a report.json against accuracy and latency thresholds: a line per gate, exit 1 if any fails."""
-    from ..artifacts import write_text_atomic
+    from ..files import write_text_atomic
     from ..gates import evaluate
     from ..reports.schema import read_report
 
@@ -72,7 +72,7 @@ def compare(progress, old_path: Path, new_path: Path) -> int:
 @common
 def report(progress, report_path: Path, html_out: Path | None, markdown_out: Path | None, layers_path: Path | None) -> int:
     """Render report.html (or report.md) again from a report.json, e.g. one downloaded from CI."""
-    from ..artifacts import write_text_atomic
+    from ..files import write_text_atomic
     from ..reports.html import render_html
     from ..reports.markdown import to_markdown
     from ..reports.schema import read_layers, read_report

@@ -174,11 +174,11 @@ and one pass over the selection images per node.
 @common
 def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: Any) -> int:
     """Per-layer INT8 sensitivity: the SQNR each quantized node adds, and the top-1 agreement quantizing it costs."""
-    from ..artifacts import write_json_atomic, write_text_atomic
     from ..calibration.calibrate import CALIB_NAME
     from ..calibration.sensitivity import measure_layers
     from ..config import Target, parse_enum_list
     from ..data import Preprocess
+    from ..files import write_json_atomic, write_text_atomic
     from ..isa import parse_cpu
     from ..pipeline.quantize import calibrate_model, fixed_nodes, open_for, prepare_calibration, read_fp32
     from ..reports.html import render_layers_html

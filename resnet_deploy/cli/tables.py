@@ -9,7 +9,7 @@ import click
 
 
 def render_gates(gates: dict[str, Any], junit: Path | None, summary: Path | None) -> None:
-    from ..artifacts import write_text_atomic
+    from ..files import write_text_atomic
     from ..gates import render
 
     for line in render.lines(gates):

@@ -113,9 +113,9 @@ def validate(
     **options,
 ) -> int:
     """Accuracy of engines against the PyTorch reference (and labels, when the data has them)."""
-    from ..artifacts import write_json_atomic
     from ..engines.ort import describe_onnx, exact_runner, onnx_input_shape
     from ..engines.pytorch import PyTorchRunner
+    from ..files import write_json_atomic
     from ..isa import host_isa
     from ..pipeline.kernels import broken_model, kernel_loss, made_for_cpu
     from ..pipeline.validate import validate_all
@@ -205,10 +205,10 @@ def bench(
 
     import numpy as np
 
-    from ..artifacts import write_json_atomic
     from ..config import BenchmarkOptions, parse_int_list
     from ..data import Preprocess, first_images, open_dataset
     from ..engines.pytorch import PyTorchRunner
+    from ..files import write_json_atomic
     from ..pipeline.benchmark import benchmark_all
 
     options = BenchmarkOptions(parse_int_list(batch_sizes, "--batch-sizes"), warmup, iterations)

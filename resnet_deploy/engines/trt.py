@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import EngineArtifact, OnnxArtifact, atomic_path, sha256_file, sidecar_path, write_sidecar
+from ..artifacts import EngineArtifact, OnnxArtifact, sidecar_path, write_sidecar
 from ..errors import CheckFailed, MissingDependency, ResnetDeployError, UserError
+from ..files import atomic_path, sha256_file
 from .base import Runner
 from .kind import EngineKind, EngineSettings, EngineSpec, Model
 from .naming import engine_name

@@ -8,7 +8,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..artifacts import OnnxArtifact
@@ -20,12 +20,13 @@ from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, ImageFolderDataset, SkipSummary, check_labels, first_images, open_dataset
 from ..engines import registry
 from ..engines.base import Runner
+from ..engines.kind import EngineSettings, ModelFile
 from ..engines.ort import exact_runner
-from ..engines.pytorch import PyTorchRunner
+from ..engines.pytorch import PyTorchOptions
 from ..files import staged_output_dir
 from ..isa import host_isa
 from ..isa import mismatch as cpu_mismatch
-from ..models import load_model
+from ..models import LoadedModel, load_model
 from ..progress import Progress
 from ..reports.environment import environment
 from ..reports.report import EngineResult, Report
@@ -36,7 +37,15 @@ from .export import export_onnx
 from .fold import fold_and_verify, save_folded
 from .kernels import broken_model, kernel_loss
 from .plan import PlannedEngine, build_engines, check_engine_options, plan_engines
-from .quantize import CalibrationImages, calibrate_model, fixed_nodes, prepare_calibration, quantize_one, target_check
+from .quantize import (
+    CalibrationImages,
+    baseline_runner,
+    calibrate_model,
+    fixed_nodes,
+    prepare_calibration,
+    quantize_one,
+    target_check,
+)
 from .validate import Accuracy, validate_all
 
 CHECK_IMAGES = 32  # real images used by the fold and export checks
@@ -67,7 +76,6 @@ def _data_summary(dataset: Dataset) -> dict[str, object]:
         "candidates": len(dataset),
         "labels": dataset.has_labels,
         **({"labels_by": "class names" if by_name else "sorted folders"} if isinstance(dataset, ImageFolderDataset) else {}),
-        "classes": list(dataset.classes) if dataset.classes else None,  # ImageFolder subfolders: labels.txt of a Triton model
         "skipped": skipped.count,
         "skipped_examples": skipped.examples,
     }
@@ -235,7 +243,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
             results, maybe_runners, engine_notes = build_engines(specs, config, stage, progress)
         runnable = [(result, runner) for result, runner in zip(results, maybe_runners) if runner is not None]
         runners = [runner for _, runner in runnable]
-        reference_runner = PyTorchRunner(model.module, threads=config.threads)
+        reference_runner = _reference_runner(model, config)
         exact = {
             a.path.name: exact_runner(a.path, a.precision, a.target, config.threads) for a in artifacts if a.precision != "fp32"
         }
@@ -311,6 +319,13 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
     return report
 
 
+def _reference_runner(model: LoadedModel, config: BuildConfig) -> Runner:
+    """The registry's PyTorch reference (pytorch-fp32): the loaded module, from --weights, that every engine is
+    compared with (its spec carries the module: the reference runs no file)."""
+    settings = EngineSettings(("pytorch",), threads=config.threads, options=(PyTorchOptions(model.module),))
+    return registry.runner(registry.kind("pytorch").spec(ModelFile(Path(config.weights), "fp32"), settings))
+
+
 def _judge_against_exact(specs: list[PlannedEngine], results: list[EngineResult], exact: dict[str, Accuracy]) -> list[str]:
     """Give each engine of a reduced-precision model its model's exact accuracy and, where the engine loses markedly
     more, the kernel-loss line; return the lines for models below the sanity floor (kernels.py)."""
@@ -347,25 +362,10 @@ def _mixed_precision_results(
         # checked on the number the search used: the model's exact accuracy where that is what it is judged by
         judged = result.reference_accuracy if judged_exactly(search.target_kind, config.cpu) else result.accuracy
         record = target_check(
-            search, judged, result.name, runner, functools.partial(_baseline_runner, spec, search, work), images,
+            search, judged, result.name, runner, functools.partial(baseline_runner, spec.spec, search, work), images,
             options.batch_sizes, progress, record=result.quantization["mixed_precision"],
         )  # fmt: skip
         result.quantization = {**result.quantization, "mixed_precision": record}
-
-
-def _baseline_runner(engine: PlannedEngine, search: MixedPrecision, work: Path) -> Runner:
-    """A runner of the fully quantized model on the same kind of engine as `engine` (before the search): the same
-    engine settings on the fully quantized ONNX, or, for a kind that compiles a file, a file compiled from its twin."""
-    spec = engine.spec
-    if not engine.builds:  # ONNX Runtime, OpenVINO
-        path = search.baseline_files["fp32"]
-        return registry.runner(replace(spec, model=replace(spec.model, path=path), file=path))
-    twin = search.baseline_twin(work / "baseline-twin")  # FP16 elsewhere, as the engine that was built
-    baseline = replace(
-        spec, model=replace(spec.model, path=twin), file=work / f"baseline{spec.file.suffix}", name=f"{spec.name}-all-int8"
-    )
-    registry.kind(spec.kind).build(baseline, work)
-    return registry.runner(baseline)
 
 
 def _calibration_summary(calibration: Calibration, path: Path) -> dict[str, object]:

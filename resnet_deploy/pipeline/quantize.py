@@ -8,13 +8,14 @@
 3. `quantize_one`: one INT8 model for one target, fully quantized or, with an accuracy target, the
    mixed-precision search's choice (calibration/search.py), written with its sidecar. `target_check` is the
    search's final check on --val-data and the latency its nodes in higher precision cost on one engine; a build
-   runs it on each engine it built, `quantize` on ONNX Runtime here (`onnxruntime_check`).
+   runs it on each engine it built, `quantize` on ONNX Runtime here (`onnxruntime_check`), both with the engine
+   registry's runners (`baseline_runner`: the fully quantized model on the same engine).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ from ..calibration.quantize import Int8Recipe, ModelOptSession
 from ..calibration.search import MixedPrecision, best_effort_path, mixed_precision_int8, target_on
 from ..config import AccuracyTarget, SelectionOptions, Target
 from ..data import Dataset, Preprocess, first_images, open_dataset
+from ..engines import registry
 from ..engines.base import Runner
-from ..engines.ort import OrtRunner
+from ..engines.kind import EngineSettings, EngineSpec, ModelFile
+from ..engines.ort import exact_runner
 from ..errors import UserError
 from ..isa import CpuKind
 from ..progress import Progress
@@ -190,24 +193,44 @@ def target_check(
     return record
 
 
+def baseline_runner(spec: EngineSpec, search: MixedPrecision, work: Path | None = None) -> Runner:
+    """A runner of the fully quantized model on the same kind of engine as `spec` (before the search): the same
+    engine settings on the fully quantized ONNX, or, for a kind that compiles a file, a file compiled from its twin
+    in `work`."""
+    if not registry.kind(spec.kind).builds:  # ONNX Runtime, OpenVINO
+        path = search.baseline_files["fp32"]
+        return registry.runner(replace(spec, model=replace(spec.model, path=path), file=path))
+    if work is None:
+        raise RuntimeError(f"engine {spec.name}: the fully quantized model's engine needs a folder to be built in")
+    twin = search.baseline_twin(work / "baseline-twin")  # FP16 elsewhere, as the engine that was built
+    baseline = replace(
+        spec, model=replace(spec.model, path=twin), file=work / f"baseline{spec.file.suffix}", name=f"{spec.name}-all-int8"
+    )
+    registry.kind(spec.kind).build(baseline, work)
+    return registry.runner(baseline)
+
+
 def onnxruntime_check(
     fp32: OnnxArtifact, val: Dataset, threads: int | None = None, progress: Progress = Progress()
 ) -> Callable[[MixedPrecision], dict[str, Any]]:
-    """`target_check` as `quantize` runs it, on ONNX Runtime here: the accuracy on `val` as the search measured it
-    (exact Q/DQ semantics where that is what the model is judged by), the latency cost at batch 1."""
+    """`target_check` as `quantize` runs it, on the registry's ONNX Runtime engine here (CPU): the accuracy on `val`
+    as the search measured it (the exact runner where that is what the model is judged by, as a build's check),
+    the latency cost at batch 1."""
+    settings = EngineSettings(("onnxruntime",), threads=threads)
 
     def check(search: MixedPrecision) -> dict[str, Any]:
-        target, chosen = search.target_kind.value, search.chosen_files["fp32"]
-        with OrtRunner(fp32.path, "fp32", "fp32", threads=threads) as runner:
+        (reference_spec,) = registry.plan(fp32, settings)
+        with registry.runner(reference_spec) as runner:
             reference = ReferenceOutputs.compute(runner, val, fp32.num_classes, progress=progress)
-        with reference, OrtRunner(chosen, "int8", "int8", target, threads=threads, exact=search.measured_exactly) as runner:
+        target, chosen = search.target_kind.value, search.chosen_files["fp32"]
+        (spec,) = registry.plan(ModelFile(chosen, "int8", target), settings)
+        judging = exact_runner(chosen, "int8", target, threads) if search.measured_exactly else registry.runner(spec)
+        with reference, judging as runner:
             judged = validate(runner, val, reference, progress=progress)
         twin = search.target_kind is Target.TENSORRT
         return target_check(
             search, judged, f"onnxruntime (cpu){' running the tensorrt-target model' if twin else ''}",
-            OrtRunner(chosen, "int8", "int8", target, threads=threads),
-            lambda: OrtRunner(search.baseline_files["fp32"], "all-int8", "int8", target, threads=threads),
-            first_images(val, 1), (1,), progress,
+            registry.runner(spec), lambda: baseline_runner(spec, search), first_images(val, 1), (1,), progress,
         )  # fmt: skip
 
     return check

@@ -168,16 +168,13 @@ def plan_models(build: Path, options: RepositoryOptions) -> tuple[list[ServedMod
 
 
 def class_labels(report: dict[str, Any]) -> tuple[list[str], str | None]:
-    """The class names (the ImageFolder subfolders of --val-data) for labels.txt, or their indices with a note."""
+    """The model's class names in classifier order (report.json's `model.class_names`: what every artifact's sidecar
+    records, from --labels, the checkpoint or the --val-data class folders) for labels.txt, or their indices with a note."""
     num_classes = report["model"]["num_classes"]
-    names = (report.get("data", {}).get("val") or {}).get("classes")
+    names = report["model"].get("class_names")
     if isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) and "\n" not in n for n in names):
         return names, None
-    why = (
-        "the build recorded no class names"
-        if not names
-        else f"the validation data has {len(names)} classes, the model {num_classes}"
-    )
+    why = "the build recorded no class names" if not names else f"the report's class names are not {num_classes} one-line names"
     return [str(i) for i in range(num_classes)], f"labels.txt holds class indices: {why}"
 
 
