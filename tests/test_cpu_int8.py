@@ -18,9 +18,10 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+from resnet_deploy.calibration import quantize as quantize_module
 from resnet_deploy.calibration.calibrate import CalibrationSet, calibrate
 from resnet_deploy.calibration.methods import CalibrationOptions
-from resnet_deploy.calibration.quantize import judged_exactly, quantize_int8
+from resnet_deploy.calibration.quantize import OrtWeights, conv_weight_overrides, judged_exactly, quantize_int8
 from resnet_deploy.cli import cli
 from resnet_deploy.config import Target
 from resnet_deploy.data import NpzDataset
@@ -129,6 +130,27 @@ def test_the_onnxruntime_recipe_follows_the_cpu_it_is_made_for(fp32_onnx, calibr
     assert host.details["quantization"]["cpu"] == expected
     (trt,) = quantize_int8(fp32_onnx, calibration, Target.TENSORRT, tmp_path / "trt.onnx", example, cpu=CpuKind.NO_VNNI)
     assert "cpu" not in trt.details["quantization"]  # TensorRT accumulates in int32: one recipe for every GPU
+
+
+@pytest.mark.parametrize("weights", list(OrtWeights))
+def test_conv_weight_scales_given_to_onnxruntime_make_the_model_it_would_make(fp32_onnx, calibration, weights, tmp_path):
+    """The Conv weights' per-channel scales we compute at once (conv_weight_overrides) are the ones ONNX Runtime's
+    quantizer computes channel by channel: the model written with them is byte for byte the one written without,
+    for every weight recipe, with and without an excluded node."""
+    model = onnx.load(str(fp32_onnx.path))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    from onnxruntime.quantization import QuantType
+
+    weight_type = QuantType.QUInt8 if weights is OrtWeights.UINT8 else QuantType.QInt8
+    overrides = conv_weight_overrides(model, weight_type, weights is OrtWeights.INT8_7BIT)
+    assert set(overrides) == {n.input[1] for n in convs}
+    for excluded in ([], [convs[1].name]):
+        given, computed = tmp_path / f"given-{len(excluded)}.onnx", tmp_path / f"computed-{len(excluded)}.onnx"
+        quantize_module._quantize_onnxruntime(fp32_onnx.path, calibration, excluded, given, weights)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(quantize_module, "conv_weight_overrides", lambda *args: {})
+            quantize_module._quantize_onnxruntime(fp32_onnx.path, calibration, excluded, computed, weights)
+        assert given.read_bytes() == computed.read_bytes(), (weights, excluded)
 
 
 def test_what_a_model_is_judged_by():

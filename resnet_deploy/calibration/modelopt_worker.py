@@ -28,7 +28,7 @@ import json
 import os
 import sys
 
-from .quantize import captured_output
+from .quantize import captured_output, conv_weight_overrides
 
 INT8_MIN_OPSET = 19  # modelopt.onnx.utils.QDQ_PRECISION_MIN_OPSET["int8"]: Q/DQ with FP16 scales
 MAX_IR_VERSION = 10  # modelopt.onnx.trt_utils.MAX_IR_VERSION
@@ -127,6 +127,8 @@ def quantize_with_scales(job: dict) -> bool:
         if groups:
             options["group_qdq_tensors"] = groups
         options["QDQDisableWeightAdjustForInt32Bias"] = True
+        if options.get("QDQOpTypePerChannelSupportToAxis", {}).get("Conv", 0) == 0:  # the axis conv_weight_overrides uses
+            options["TensorQuantOverrides"] = conv_weight_overrides(model, QuantType.QInt8, False)
         # ort_patching._quantize_static with the ranges its calibrator would measure: symmetric, from the cache
         inferred = mo_utils.infer_shapes(model)
         add_infer_metadata(inferred)
