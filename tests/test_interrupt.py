@@ -3,8 +3,7 @@
 A build writes into a hidden staging folder beside OUT and moves it into place at the end. SIGINT or
 SIGTERM at any stage (folding, export, validation) must leave no OUT at all (or the previous one,
 untouched), and the same command must then complete. SIGKILL leaves a hidden staging folder that the
-next build removes. Two builds into one OUT: the second refuses, never a mixed folder (one test: each
-complete build costs a process's imports and a whole build).
+next build removes. Two builds into one OUT: the second refuses, never a mixed folder.
 """
 
 from __future__ import annotations
@@ -48,12 +47,11 @@ def _staging(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.partial-*"))
 
 
-def _wait_for_stage(proc: subprocess.Popen, out: Path, stage: str, timeout: float = 300, known: tuple[Path, ...] = ()) -> None:
-    """Wait until `proc` runs `stage` in a staging folder of its own (not one of the `known` ones, left by others)."""
+def _wait_for_stage(proc: subprocess.Popen, out: Path, stage: str, timeout: float = 300) -> None:
     marker = STAGES[stage]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        staging = [p for p in _staging(out) if p not in known]
+        staging = _staging(out)
         if staging and (marker is None or (staging[-1] / marker).exists()):
             return
         if proc.poll() is not None:
@@ -89,10 +87,9 @@ def _leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and not p.name.endswith(".lock"))
 
 
-def test_interrupted_builds_leave_nothing_the_same_command_completes_and_a_second_build_refuses(workload, tmp_path):
+def test_interrupted_builds_leave_nothing_and_the_same_command_completes(workload, tmp_path):
     out = tmp_path / "out"
-    # 150 timed calls: the complete build is still running when a second build into OUT reaches the lock
-    args = build_args(workload, out, "--batch-sizes", "1", "--iterations", "150", "--warmup", "1")
+    args = build_args(workload, out, "--batch-sizes", "1", "--iterations", "5", "--warmup", "1")
     verbose = [a for a in args if a != "--quiet"]  # rich's console on stderr must not swallow the signal either
     for stage, sig, command in (("fold", signal.SIGINT, args), ("export", signal.SIGTERM, verbose)):
         proc = _interrupt(command, out, stage, sig)
@@ -104,9 +101,23 @@ def test_interrupted_builds_leave_nothing_the_same_command_completes_and_a_secon
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists() and len(_staging(out)) == 1
 
-    # The same command completes. While it runs, a second build into the same OUT refuses: never a mixed folder.
-    first = _start(args)
-    _wait_for_stage(first, out, "fold", known=tuple(_staging(out)))  # it holds the lock (and removed the killed folder)
+    proc = subprocess.run([str(console_script()), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    _check_complete(out)
+    assert _leftovers(out) == []  # the killed build's staging folder was removed
+
+    # With --force, an interrupted rebuild leaves the previous build exactly as it was.
+    before = _digests(out)
+    proc = _interrupt([*args, "--force"], out, "validate", signal.SIGTERM)
+    assert proc.returncode == 130, proc.stderr
+    assert _digests(out) == before and _leftovers(out) == []
+
+
+def test_second_build_into_the_same_out_refuses(workload, tmp_path):
+    out = tmp_path / "out"
+    # The first build times more iterations so that it is still running when the second reaches the lock.
+    first = _start(build_args(workload, out, "--batch-sizes", "1", "--iterations", "150", "--warmup", "1"))
+    _wait_for_stage(first, out, "fold")
     second = subprocess.run(
         [str(console_script()), *build_args(workload, out, "--batch-sizes", "1", "--iterations", "5", "--force")],
         capture_output=True,
@@ -121,13 +132,7 @@ def test_interrupted_builds_leave_nothing_the_same_command_completes_and_a_secon
     assert still_running or "already exists" in second.stderr, second.stderr
     _check_complete(out)
     assert json.loads((out / "report.json").read_text())["engines"][0]["latency"][0]["batch_size"] == 1
-    assert _leftovers(out) == []  # the killed build's staging folder was removed
-
-    # With --force, an interrupted rebuild leaves the previous build exactly as it was.
-    before = _digests(out)
-    proc = _interrupt([*args, "--force"], out, "validate", signal.SIGTERM)
-    assert proc.returncode == 130, proc.stderr
-    assert _digests(out) == before and _leftovers(out) == []
+    assert _leftovers(out) == []
 
 
 # ------------------------------------------------------------------- the same, in-process and exact
