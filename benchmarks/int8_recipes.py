@@ -8,10 +8,10 @@ int8 (8 bits, symmetric per channel: what `--cpu vnni` makes), int8-7bit (ONNX R
 on [-64, 64]: what `--cpu no-vnni` makes) and uint8 (asymmetric per channel: U8U8, ONNX Runtime's other remedy
 for CPUs without VNNI). Beside them, the tensorrt-target model (S8S8).
 
-Part 1, accuracy: the digits ResNet-18 (trained here, a few seconds), its 449 validation digits; each model's
-top-1 agreement with PyTorch as ONNX Runtime runs it (fused integer kernels: what this CPU's instructions
-compute), as OpenVINO runs it, and under the model's exact ONNX semantics (ONNX Runtime, graph optimizations
-off: the number that does not depend on the CPU).
+Part 1, accuracy: the digits ResNet-18 (trained here, a few seconds; or a trained one given with --digits DIR),
+its 449 validation digits; each model's top-1 agreement with PyTorch as ONNX Runtime runs it (fused integer
+kernels: what this CPU's instructions compute), as OpenVINO runs it, and under the model's exact ONNX semantics
+(ONNX Runtime, graph optimizations off: the number that does not depend on the CPU).
 
 Part 2, latency: ResNet-50 at 224x224 (random weights), batch 1 and 8, each recipe on ONNX Runtime and on
 OpenVINO, and the peer, OpenVINO + NNCF (`nncf.quantize` on the same FP32 ONNX; static shapes). Each engine in its
@@ -34,7 +34,7 @@ from cpu_engines import NNCF_IR, OpenVINOPeer, nncf_quantize, prepare, run_round
 
 from resnet_deploy.calibration.calibrate import CalibrationSet, calibrate
 from resnet_deploy.calibration.methods import CalibrationOptions
-from resnet_deploy.calibration.quantize import OrtWeights, make_int8, quantize_int8
+from resnet_deploy.calibration.quantize import ModelOptSession, OrtWeights, make_int8, quantize_int8
 from resnet_deploy.config import OpenVINOOptions, Target, parse_input_size
 from resnet_deploy.data import open_dataset
 from resnet_deploy.engines.openvino import OpenVINORunner
@@ -51,26 +51,28 @@ TENSORRT = "tensorrt target (S8S8)"
 GOAL_7BIT = 1.10  # the 7-bit recipe at most this many times the 8-bit one's median latency at batch 1
 
 
-def make_models(fp32, calibration, image: np.ndarray, folder: Path) -> dict[str, Path]:
-    """The three onnxruntime-target recipes and the tensorrt-target model, from the same ranges."""
+def make_models(fp32, calibration, image: np.ndarray, folder: Path, session: ModelOptSession) -> dict[str, Path]:
+    """The three onnxruntime-target recipes and the tensorrt-target model (in `session`'s ModelOpt worker), from the
+    same ranges."""
     models = {}
     for weights in OrtWeights:
         made = make_int8(fp32, calibration, Target.ONNXRUNTIME, [], image, folder / f"int8-{weights}", weights=weights)
         models[f"onnxruntime target, weights {weights}"] = made["fp32"]
-    models[TENSORRT] = quantize_int8(fp32, calibration, Target.TENSORRT, folder / "model.int8-tensorrt.onnx", image)[0].path
+    tensorrt = folder / "model.int8-tensorrt.onnx"
+    models[TENSORRT] = quantize_int8(fp32, calibration, Target.TENSORRT, tensorrt, image, session=session)[0].path
     return models
 
 
-def accuracy_part(folder: Path, threads: int, epochs: int) -> None:
-    workload = digits.make_workload(folder / "digits", epochs=epochs)
-    model = load_model(digits.ARCH, workload.weights, input_size=digits.INPUT_SIZE)
-    val = open_dataset(workload.val, model.preprocess)
-    calib = open_dataset(workload.calib, model.preprocess, option="--calib-data")
+def accuracy_part(folder: Path, threads: int, epochs: int, session: ModelOptSession, trained: Path | None) -> None:
+    root = trained or digits.make_workload(folder / "digits", epochs=epochs).root
+    model = load_model(digits.ARCH, root / "weights.pth", input_size=digits.INPUT_SIZE)
+    val = open_dataset(root / "val", model.preprocess)
+    calib = open_dataset(root / "calib", model.preprocess, option="--calib-data")
     check = next(iter(val.iter_batches(8))).images
     folded, _ = fold_and_verify(model, check)
     fp32 = export_onnx(folded, model.info, check, folder / "digits.fp32.onnx")
     calibration = calibrate(fp32, CalibrationSet.draw(calib, len(calib), 0), CalibrationOptions(), threads)
-    models = make_models(fp32, calibration, check[:1], folder)
+    models = make_models(fp32, calibration, check[:1], folder, session)
     ov = OpenVINOOptions()
     ways = {
         "ONNX Runtime as run here": lambda path, i: OrtRunner(path, f"ort-{i}", "int8", threads=threads),
@@ -87,12 +89,12 @@ def accuracy_part(folder: Path, threads: int, epochs: int) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-def latency_part(folder: Path, args) -> None:
+def latency_part(folder: Path, args, session: ModelOptSession) -> None:
     shape = parse_input_size(args.input_size)
     _, _, fp32, calib = prepare(folder, args.calib_images, args.threads, args.arch, shape)
     calibration = calibrate(fp32, CalibrationSet.draw(calib, len(calib), 0), CalibrationOptions(), args.threads)
     image = next(iter(calib.iter_batches(1))).images
-    models = make_models(fp32, calibration, image, folder)
+    models = make_models(fp32, calibration, image, folder, session)
     images = np.concatenate([b.images for b in calib.iter_batches(64)])
     nncf_quantize(fp32.path, images, folder / NNCF_IR)
     runners = []
@@ -135,15 +137,19 @@ def main() -> int:
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--input-size", default="3x224x224")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of the digits model (part 1)")
+    parser.add_argument(
+        "--digits", type=Path, help="part 1 on this trained digits folder (python -m resnet_deploy.examples.digits --out DIR)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.iterations, args.warmup, args.calib_images, args.epochs = 1, 2, 1, 8, 1
         args.arch, args.input_size, args.batch_sizes = "resnet18", "3x32x32", "1,2"
     isa = host_isa()
     print(f"# INT8 recipes on this CPU: {isa.summary()}")
-    with tempfile.TemporaryDirectory(prefix="int8-recipes-") as tmp:
-        accuracy_part(Path(tmp), args.threads, args.epochs)
-        latency_part(Path(tmp), args)
+    # one ModelOpt worker for both parts' tensorrt-target models (importing ModelOpt takes seconds)
+    with tempfile.TemporaryDirectory(prefix="int8-recipes-") as tmp, ModelOptSession() as session:
+        accuracy_part(Path(tmp), args.threads, args.epochs, session, args.digits)
+        latency_part(Path(tmp), args, session)
     return 0
 
 

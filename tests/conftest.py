@@ -78,7 +78,17 @@ def example(calib_dataset):
 
 
 @pytest.fixture(scope="session")
-def quantized(fp32_onnx, calibration, example, tmp_path_factory):
+def modelopt():
+    """One ModelOpt worker process for the session's tensorrt-target quantizations (importing ModelOpt takes seconds:
+    quantize_int8 without a session starts a worker of its own each time, which test_cpu_int8 still checks)."""
+    from resnet_deploy.calibration.quantize import ModelOptSession
+
+    with ModelOptSession() as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def quantized(fp32_onnx, calibration, example, modelopt, tmp_path_factory):
     """Every method x target from the same statistics (no second pass), plus FP16 and the TensorRT FP16 twin."""
     from resnet_deploy.calibration.fp16 import convert_fp16
     from resnet_deploy.calibration.quantize import quantize_int8
@@ -95,6 +105,7 @@ def quantized(fp32_onnx, calibration, example, tmp_path_factory):
             example,
             None,
             twin,
+            modelopt,
         )
         models[(method, target)] = made[0]
         if twin is not None:

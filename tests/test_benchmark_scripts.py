@@ -93,8 +93,8 @@ def test_memory_quick(workload, tmp_path):
     assert "2x the images: median peak" in out
 
 
-def test_int8_recipes_quick():
-    out = run_script("int8_recipes.py", "--quick").stdout
+def test_int8_recipes_quick(workload):
+    out = run_script("int8_recipes.py", "--quick", "--digits", str(workload.root)).stdout  # the trained digits model
     assert out.startswith("# INT8 recipes on this CPU: ")
     rows = {row.split("|")[1].strip(): row.split("|")[2:5] for row in table_rows(out, "| model | ONNX Runtime as run here")}
     assert list(rows) == [

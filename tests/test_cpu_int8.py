@@ -128,6 +128,7 @@ def test_the_onnxruntime_recipe_follows_the_cpu_it_is_made_for(fp32_onnx, calibr
     (host,) = quantize_int8(fp32_onnx, calibration, Target.ONNXRUNTIME, tmp_path / "host.onnx", example)
     expected = {"kind": host_isa().kind.value, "chosen_by": "host", "host": host_isa().summary()}
     assert host.details["quantization"]["cpu"] == expected
+    # no session given: quantize_int8 starts a ModelOpt worker of its own (the other tests share the `modelopt` one)
     (trt,) = quantize_int8(fp32_onnx, calibration, Target.TENSORRT, tmp_path / "trt.onnx", example, cpu=CpuKind.NO_VNNI)
     assert "cpu" not in trt.details["quantization"]  # TensorRT accumulates in int32: one recipe for every GPU
 
@@ -308,7 +309,7 @@ def _calibrated(fp32, images: np.ndarray, folder: Path):
     return calibrate(fp32, CalibrationSet.draw(dataset, len(images), 0), CalibrationOptions(size=len(images)))
 
 
-def test_resnest_split_attention_keeps_its_softmax_range(tmp_path):
+def test_resnest_split_attention_keeps_its_softmax_range(modelopt, tmp_path):
     """ResNeSt with BatchNorm statistics far from the identity: the radix-2 softmax of its split attention gives values
     between about 0.23 and 0.77, and entropy calibration clipped them all at 0.23 (a constant attention: 0% top-1
     agreement for the tensorrt target). A bounded activation's output now takes its whole range, on both targets."""
@@ -322,7 +323,7 @@ def test_resnest_split_attention_keeps_its_softmax_range(tmp_path):
         assert stats.minimum > 0.05 and ranged.amax == stats.amax and ranged.high == stats.maximum  # nothing clipped
     reference = model.module(torch.from_numpy(images[16:])).detach().numpy()
     for target in Target:
-        (artifact,) = quantize_int8(fp32, calibration, target, tmp_path / f"{target}.onnx", images[:1])
+        (artifact,) = quantize_int8(fp32, calibration, target, tmp_path / f"{target}.onnx", images[:1], session=modelopt)
         with exact_runner(artifact.path, "int8", target.value) as runner:
             logits = runner.infer(images[16:])
         assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.75, target
@@ -330,7 +331,7 @@ def test_resnest_split_attention_keeps_its_softmax_range(tmp_path):
         assert cosine.min() > 0.99, (target, cosine.min())
 
 
-def test_groupnorm_resnets_quantize_for_both_targets(tmp_path):
+def test_groupnorm_resnets_quantize_for_both_targets(modelopt, tmp_path):
     """resnet50_gn exports GroupNorm as Reshape -> InstanceNormalization (one scale shared by every layer) -> Mul -> Add;
     ONNX Runtime's quantizer refused the shared scale ('Quantization parameter shared mode is not supported for weight
     yet'). The normalizations stay in float (no integer kernels for them on the CPU); both targets quantize the rest."""
@@ -340,7 +341,7 @@ def test_groupnorm_resnets_quantize_for_both_targets(tmp_path):
     with OrtRunner(fp32.path, "fp32", "fp32") as runner:
         reference = runner.infer(images[8:])
     for target in Target:
-        (artifact,) = quantize_int8(fp32, calibration, target, tmp_path / f"{target}.onnx", images[:1])
+        (artifact,) = quantize_int8(fp32, calibration, target, tmp_path / f"{target}.onnx", images[:1], session=modelopt)
         assert artifact.details["quantization"]["quantized_nodes"] >= 53  # every convolution
         with exact_runner(artifact.path, "int8", target.value) as runner:
             logits = runner.infer(images[8:])

@@ -157,12 +157,13 @@ def test_onnxruntime_graph_is_the_fast_cpu_recipe(quantized):
     assert len(quantized_nodes(model)) == artifact.details["quantization"]["quantized_nodes"]
 
 
-def test_exclude_layers_keeps_nodes_in_fp32_for_both_targets(fp32_onnx, calibration, example, tmp_path):
+def test_exclude_layers_keeps_nodes_in_fp32_for_both_targets(fp32_onnx, calibration, example, modelopt, tmp_path):
     source = onnx.load(str(fp32_onnx.path))
     wanted = sorted(n.name for n in source.graph.node if module_path(n) in ("conv1", "fc"))
     assert len(wanted) == 2
     for target in Target:
-        (artifact,) = quantize_int8(fp32_onnx, calibration, target, tmp_path / f"{target}.onnx", example, "^conv1$|^fc$")
+        path = tmp_path / f"{target}.onnx"
+        (artifact,) = quantize_int8(fp32_onnx, calibration, target, path, example, "^conv1$|^fc$", session=modelopt)
         assert sorted(artifact.details["quantization"]["excluded_nodes"]) == wanted
         model = onnx.load(str(artifact.path))
         made = producers(model)
