@@ -36,6 +36,11 @@ def _params(command: click.Command) -> dict[str, click.Parameter]:
     return {p.name: p for p in command.params}
 
 
+def test_each_setting_is_declared_once():
+    keys = [s.key for s in config.SETTINGS]
+    assert len(set(keys)) == len(keys), sorted(k for k in keys if keys.count(k) > 1)
+
+
 def test_every_toml_key_is_a_build_flag_of_the_same_kind():
     params = _params(build)
     assert set(config.TOML_SETTINGS) <= set(params)
