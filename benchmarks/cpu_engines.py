@@ -67,7 +67,6 @@ from resnet_deploy.calibration.quantize import (
     write_int8,
 )
 from resnet_deploy.calibration.statistics import collect_statistics
-from resnet_deploy.config import Target, parse_input_size
 from resnet_deploy.data import NpzDataset
 from resnet_deploy.engines import registry
 from resnet_deploy.engines.base import Runner
@@ -77,6 +76,7 @@ from resnet_deploy.engines.ort import OrtRunner
 from resnet_deploy.engines.pytorch import PyTorchRunner
 from resnet_deploy.errors import MissingDependency
 from resnet_deploy.models import create_model, load_model, resolve_arch
+from resnet_deploy.options import Target, parse_input_size
 from resnet_deploy.pipeline.benchmark import make_batch, time_calls
 from resnet_deploy.pipeline.export import export_onnx
 from resnet_deploy.pipeline.fold import fold_and_verify

@@ -35,8 +35,8 @@ from resnet_deploy.calibration.graph import load_onnx, module_path, quantized_no
 from resnet_deploy.calibration.methods import CalibrationOptions
 from resnet_deploy.calibration.quantize import make_int8
 from resnet_deploy.calibration.sensitivity import node_errors, ranked_by_sqnr
-from resnet_deploy.config import Target, parse_input_size
 from resnet_deploy.engines.ort import OrtRunner
+from resnet_deploy.options import Target, parse_input_size
 
 COUNTS = (0, 1, 2, 4, 8)
 FP32 = "onnxruntime-fp32"  # the ceiling: the FP32 model on the same engine

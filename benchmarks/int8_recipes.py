@@ -35,14 +35,14 @@ from cpu_engines import NNCF_IR, OpenVINOPeer, nncf_quantize, prepare, run_round
 from resnet_deploy.calibration.calibrate import CalibrationSet, calibrate
 from resnet_deploy.calibration.methods import CalibrationOptions
 from resnet_deploy.calibration.quantize import ModelOptSession, OrtWeights, make_int8, quantize_int8
-from resnet_deploy.config import OpenVINOOptions, Target, parse_input_size
 from resnet_deploy.data import open_dataset
-from resnet_deploy.engines.openvino import OpenVINORunner
+from resnet_deploy.engines.openvino import OpenVINOOptions, OpenVINORunner
 from resnet_deploy.engines.ort import OrtRunner, exact_runner
 from resnet_deploy.engines.pytorch import PyTorchRunner
 from resnet_deploy.examples import digits
 from resnet_deploy.isa import host_isa
 from resnet_deploy.models import load_model
+from resnet_deploy.options import Target, parse_input_size
 from resnet_deploy.pipeline.export import export_onnx
 from resnet_deploy.pipeline.fold import fold_and_verify
 from resnet_deploy.pipeline.validate import validate_all

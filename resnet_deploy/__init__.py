@@ -7,10 +7,11 @@ Python API (the CLI is a thin layer over it):
     report.return_code  # 0 when every engine passed its checks
 """
 
-from .config import BenchmarkOptions, BuildConfig, ModelOptions, Precision, Target
+from .config import BuildConfig
 from .data import Preprocess, PreprocessOverrides, open_dataset
 from .errors import CheckFailed, ResnetDeployError, UserError
-from .models import load_model
+from .models import ModelOptions, load_model
+from .options import BenchmarkOptions, Precision, Target
 from .pipeline.build import build
 
 __all__ = [

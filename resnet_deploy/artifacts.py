@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 from .errors import UserError
 from .files import atomic_path, sha256_file, write_json_atomic
-from .options import check_range
+from .options import NUM_CLASSES
 
 SIDECAR_SUFFIX = ".json"
 
@@ -124,7 +124,7 @@ class Artifact:
             check_model_fields(artifact.num_classes, artifact.class_names, artifact.origin)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"{sidecar_path(path)} has a missing or invalid field ({exc!r}); {cls.REDO}") from None
-        check_range("num_classes", artifact.num_classes, f"{sidecar_path(path)}: num_classes")
+        NUM_CLASSES.check(artifact.num_classes, f"{sidecar_path(path)}: num_classes")
         return artifact
 
 

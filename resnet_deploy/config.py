@@ -1,4 +1,9 @@
-"""A build's settings (`BuildConfig`) and its TOML file: composes the option types defined in the layers below."""
+"""A build's settings (`BuildConfig`) and its TOML file: composes the option types defined in the layers below.
+
+The TOML keys are the settings (options.Setting) of the build's own options below (`BUILD_SETTINGS`) and those of
+the option types a build composes (`SETTINGS`): each engine kind's, the benchmark's, calibration's, the accuracy
+target's, the selection's and the model's. A new setting of one of those types is a TOML key and a flag at once.
+"""
 
 from __future__ import annotations
 
@@ -9,43 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .calibration.methods import CalibrationOptions, check_percentile, check_regex, parse_method
-from .data import (
-    PreprocessOverrides,  # noqa: F401 - re-exported
-    check_crop_pct,
-    parse_crop_mode,
-    parse_interpolation,
-    parse_mean,
-    parse_std,
-    preprocess_overrides,  # noqa: F401 - re-exported for cli.py
-)
+from .calibration.methods import CalibrationOptions
 from .engines import registry
 from .engines.kind import EngineSettings
-from .engines.openvino import MAX_STATIC_SHAPES, OpenVINOOptions, PerformanceHint, ShapeMode  # noqa: F401 - re-exported
+from .engines.openvino import OpenVINOOptions
 from .engines.ort import OrtOptions
-from .engines.trt import HardwareCompat, TensorRTOptions
+from .engines.trt import TensorRTOptions
 from .errors import MissingDependency, UserError
 from .isa import CpuKind, parse_cpu
 from .models import ModelOptions
-
-# The option types and parsers config composes, re-exported: `from .config import ...` keeps working.
-from .options import (  # noqa: F401
-    LIMITS,
+from .options import (
     MAX_BATCH,
+    NUM_CLASSES,
     AccuracyTarget,
     BenchmarkOptions,
     Precision,
     SelectionOptions,
+    Setting,
     Target,
-    check_range,
-    check_top1_agreement,
-    check_top1_drop,
-    parse_channel_values,
-    parse_choice,
     parse_enum_list,
     parse_input_size,
-    parse_int_list,
-    parse_word,
 )
 
 if TYPE_CHECKING:
@@ -85,10 +73,6 @@ def check_engines(engines: tuple[Engine, ...], openvino: OpenVINOOptions) -> Non
         raise UserError("--openvino-bf16 adds an OpenVINO engine; add openvino to --engines")
 
 
-def parse_hardware_compat(text: str, option: str = "--hardware-compat") -> HardwareCompat:
-    return parse_choice(HardwareCompat, text, option)
-
-
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything `resnet-deploy build` needs. Paths are resolved by the caller."""
@@ -119,6 +103,8 @@ class BuildConfig:
     selection: SelectionOptions = field(default_factory=SelectionOptions)
     cpu: CpuKind | None = None  # the CPU kind onnxruntime-target INT8 is made for (--cpu; None: this machine's)
     model_options: ModelOptions = field(default_factory=ModelOptions)  # --ema, --mean/--std/..., --labels
+    # the options of every other engine kind with settings (`engine_options_of`): at most one per options type
+    engine_options: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.accuracy_target is not None and Precision.INT8 not in self.precisions:
@@ -146,84 +132,92 @@ class BuildConfig:
             largest_batch=self.batch_size,
             opt_batch=self.tensorrt.opt_batch_size,
             folder=self.out.absolute(),
-            options=(OrtOptions(self.providers), self.openvino, self.tensorrt),
+            options=(OrtOptions(self.providers), self.openvino, self.tensorrt, *self.engine_options),
         )
 
 
-def _check_providers(text: str, option: str) -> object:
-    from .engines.ort import parse_providers
+MAX_THREADS = 1024
 
-    return parse_providers(text, option)
-
-
-# Keys of a build TOML file, the type each must have, and (for strings) the parser that checks the value.
-_TOML_KEYS: dict[str, tuple[type, Any]] = {
-    "arch": (str, None),
-    "weights": (str, None),
-    "val_data": (str, None),
-    "calib_data": (str, None),
-    "out": (str, None),
-    "num_classes": (int, None),
-    "input_size": (str, parse_input_size),
-    "precision": (str, lambda text, option: parse_enum_list(Precision, text, option)),
-    "target": (str, lambda text, option: parse_enum_list(Target, text, option)),
-    "providers": (str, _check_providers),
-    "engines": (str, lambda text, option: parse_enum_list(Engine, text, option)),
-    "openvino_hint": (str, lambda text, option: parse_choice(PerformanceHint, text, option)),
-    "openvino_streams": (int, None),
-    "openvino_cache_dir": (str, None),
-    "openvino_shapes": (str, lambda text, option: parse_choice(ShapeMode, text, option)),
-    "openvino_bf16": (bool, None),
-    "threads": (int, None),
-    "batch_size": (int, None),
-    "opset": (int, None),
-    "batch_sizes": (str, parse_int_list),
-    "warmup": (int, None),
-    "iterations": (int, None),
-    "workspace_mib": (int, None),
-    "builder_optimization_level": (int, None),
-    "timing_cache": (str, None),
-    "hardware_compat": (str, lambda text, option: parse_hardware_compat(text, option)),
-    "opt_batch_size": (int, None),
-    "gates": (str, None),
-    "baseline": (str, None),
-    "calib_size": (int, None),
-    "seed": (int, None),
-    "calib_method": (str, lambda text, option: parse_method(text, option)),
-    "percentile": ((int, float), check_percentile),
-    "exclude_layers": (str, check_regex),
-    "calib_cache": (str, None),
-    "max_top1_drop": ((int, float), lambda value, option: check_top1_drop(value, option)),
-    "min_top1_agreement": ((int, float), lambda value, option: check_top1_agreement(value, option)),
-    "max_excluded": (int, None),
-    "select_data": (str, None),
-    "select_size": (int, None),
-    "cpu": (str, lambda text, option: parse_cpu(text, option)),
-    "ema": (bool, None),
-    "mean": (str, lambda text, option: parse_mean(text, option)),
-    "std": (str, lambda text, option: parse_std(text, option)),
-    "crop_pct": ((int, float), lambda value, option: check_crop_pct(value, option)),
-    "crop_mode": (str, lambda text, option: parse_crop_mode(text, option)),
-    "interpolation": (str, lambda text, option: parse_interpolation(text, option)),
-    "labels": (str, None),
-}
-
-# Keys whose values are paths (relative ones are taken relative to the TOML file's folder).
-PATH_KEYS = frozenset(
-    {
-        "weights",
-        "val_data",
-        "calib_data",
-        "out",
-        "gates",
-        "baseline",
-        "timing_cache",
-        "calib_cache",
-        "select_data",
-        "openvino_cache_dir",
-        "labels",
-    }
+# The build's own settings; each is a flag of `resnet-deploy build` and (unless toml=False) a key of its TOML file.
+ARCH = Setting("arch", str, "ResNet-family architecture (timm or torchvision name, e.g. resnet50; a hub folder names its own).")
+WEIGHTS = Setting(
+    "weights",
+    Path,
+    "Weights: a state_dict or training checkpoint (.pth/.pt/.ckpt/.pth.tar/.safetensors: Lightning, timm train.py, "
+    "torchvision references) or a hub folder (config.json + model.safetensors).",
 )
+VAL_DATA = Setting("val_data", Path, "Validation images (ImageFolder or flat) or .npz.")
+CALIB_DATA = Setting("calib_data", Path, "Calibration images or .npz (INT8; also used for checks).")
+OUT = Setting("out", Path, "Output folder.")
+INPUT_SIZE = Setting("input_size", str, "CxHxW, e.g. 3x224x224 (default: the arch's).", parse=parse_input_size)
+PRECISION = Setting(
+    "precision",
+    str,
+    "Comma-separated: fp32, fp16, int8.",
+    "fp32",
+    parse=lambda text, option: parse_enum_list(Precision, text, option),
+)
+TARGET = Setting(
+    "target",
+    str,
+    "Who consumes the models, comma-separated: onnxruntime, tensorrt (INT8 recipe per target; tensorrt adds engines).",
+    "onnxruntime",
+    parse=lambda text, option: parse_enum_list(Target, text, option),
+)
+CPU = Setting(
+    "cpu",
+    str,
+    "CPU the onnxruntime-target INT8 model is for: host (this machine's kind), vnni (x86 with AVX-512 VNNI/AVX-VNNI/AMX, "
+    "ARM64: 8-bit weights) or no-vnni (x86 AVX2/AVX-512 without VNNI: 7-bit weights, whose U8S8 sums do not saturate).",
+    "host",
+    parse=parse_cpu,
+)
+THREADS = Setting(
+    "threads", int, "CPU threads for PyTorch, ONNX Runtime and OpenVINO (default: all cores).", limits=(1, MAX_THREADS)
+)
+ENGINES = Setting(
+    "engines",
+    str,
+    "CPU engines that run the ONNX models, comma-separated: onnxruntime, openvino "
+    "(default: onnxruntime, plus openvino when it is installed).",
+    parse=lambda text, option: parse_enum_list(Engine, text, option),
+)
+BATCH_SIZE = Setting("batch_size", int, "Batch size for validation.", 32, limits=(1, MAX_BATCH))
+# opset 18: the dynamo exporter's minimum; the export stage checks the exporter's maximum
+OPSET = Setting("opset", int, "ONNX opset (default: the exporter's).", limits=(18, 1000))
+REQUIRE_ENGINE = Setting(
+    "require_engine", bool, "Fail (exit 2) instead of skipping TensorRT engines without TensorRT/GPU.", toml=False
+)
+GATES = Setting("gates", Path, "TOML file of thresholds per engine name or glob.")
+BASELINE = Setting("baseline", Path, "Earlier report.json for max_latency_regression_pct.")
+
+BUILD_SETTINGS: tuple[Setting, ...] = (
+    ARCH, WEIGHTS, VAL_DATA, CALIB_DATA, OUT, NUM_CLASSES, INPUT_SIZE, PRECISION, TARGET, CPU, THREADS, ENGINES,
+    BATCH_SIZE, OPSET, REQUIRE_ENGINE, GATES, BASELINE,
+)  # fmt: skip
+
+# Every setting of a build: its own, each engine kind's (the registry's options types), then the other option types.
+SETTINGS: tuple[Setting, ...] = (
+    *BUILD_SETTINGS,
+    *(s for k in registry.KINDS for s in k.settings),
+    *BenchmarkOptions.SETTINGS,
+    *CalibrationOptions.SETTINGS,
+    *AccuracyTarget.SETTINGS,
+    *SelectionOptions.SETTINGS,
+    *ModelOptions.SETTINGS,
+)
+
+# The keys of a build TOML file, the ranges of its numbers and which keys are paths: derived from SETTINGS.
+TOML_SETTINGS: dict[str, Setting] = {s.key: s for s in SETTINGS if s.toml}
+_TOML_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {k: (s.toml_type, s.parse) for k, s in TOML_SETTINGS.items()}
+PATH_KEYS = frozenset(k for k, s in TOML_SETTINGS.items() if s.kind is Path)
+LIMITS: dict[str, tuple[int, int]] = {s.key: s.limits for s in SETTINGS if s.limits is not None}
+
+
+def engine_options_of(values: dict[str, Any]) -> tuple[Any, ...]:
+    """The options of the engine kinds whose settings have no BuildConfig field (a new engine's), from flag values."""
+    own = (OrtOptions, OpenVINOOptions, TensorRTOptions)  # BuildConfig's providers, openvino and tensorrt
+    return tuple(k.options_type.from_values(values) for k in registry.KINDS if k.settings and k.options_type not in own)
 
 
 def load_toml_options(path: Path) -> dict[str, Any]:
@@ -243,21 +237,17 @@ def load_toml_options(path: Path) -> dict[str, Any]:
         raise UserError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from None
     options: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in _TOML_KEYS:
-            valid = ", ".join(sorted(_TOML_KEYS))
+        if key not in TOML_SETTINGS:
+            valid = ", ".join(sorted(TOML_SETTINGS))
             raise UserError(f"config file {path}: unknown key {key!r}; valid keys: {valid}")
-        expected, parse = _TOML_KEYS[key]
+        setting = TOML_SETTINGS[key]
+        expected = setting.toml_type
         label = f"config file {path}: key {key!r}"
         if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             kind = {int: "a whole number", str: "a string", bool: "true or false"}.get(expected, "a number")
             raise UserError(f"{label} must be {kind}, got {type(value).__name__} {value!r}"[:300])
-        if key in LIMITS:
-            check_range(key, value, label)
-        elif parse is not None:
-            parse(value, label)
-        elif isinstance(value, str) and (not value.strip() or "\0" in value):
-            raise UserError(f"{label} must not be empty")
-        if key in PATH_KEYS:
+        setting.check_toml(value, label)
+        if setting.kind is Path:
             value = os.path.abspath(Path(path).parent / value)
         options[key] = value
     return options

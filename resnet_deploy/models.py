@@ -22,9 +22,21 @@ import torch
 from torch import nn
 
 from .checkpoints import HubFolder, Unwrapped, check_class_names, read_hub_folder, unwrap
-from .data import PREPROCESS_FIELDS, Dataset, ImageFolderDataset, Preprocess, PreprocessOverrides
+from .data import (
+    PREPROCESS_FIELDS,
+    Dataset,
+    ImageFolderDataset,
+    Preprocess,
+    PreprocessOverrides,
+    check_crop_pct,
+    parse_crop_mode,
+    parse_interpolation,
+    parse_mean,
+    parse_std,
+)
 from .errors import UserError
 from .files import read_user_text, sha256_file
+from .options import Configurable, Setting
 
 # Name prefixes of the ResNet family (and kin) that resnet-deploy accepts.
 FAMILY_PREFIXES = (
@@ -345,13 +357,44 @@ def suggest_arch(state_dict: dict[str, torch.Tensor], num_classes: int, exclude:
 
 
 @dataclass(frozen=True)
-class ModelOptions:
+class ModelOptions(Configurable):
     """How to read the user's model beyond --arch and --weights: which weights of a training checkpoint (the EMA
     copy with `ema`), the preprocessing it was trained with, and its class names (`labels`: one per line)."""
+
+    SETTINGS = (
+        Setting("ema", bool, "Use the EMA weights of a training checkpoint (state_dict_ema, model_ema)."),
+        Setting(
+            "mean", str, "Normalization mean the model was trained with: 1 or 3 values (default: the arch's).", parse=parse_mean
+        ),
+        Setting(
+            "std", str, "Normalization std the model was trained with: 1 or 3 values (default: the arch's).", parse=parse_std
+        ),
+        Setting(
+            "crop_pct", float, "Share of the resized image kept by the crop, 0.1..1 (default: the arch's).", parse=check_crop_pct
+        ),
+        Setting(
+            "crop_mode", str, "center, squash (resize to the input size) or border (default: the arch's).", parse=parse_crop_mode
+        ),
+        Setting(
+            "interpolation",
+            str,
+            "bilinear, bicubic, nearest, box, hamming or lanczos (default: the arch's).",
+            parse=parse_interpolation,
+        ),
+        Setting("labels", Path, "Class names, one per line, in classifier order."),
+    )
 
     ema: bool = False
     preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
     labels: Path | None = None
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> ModelOptions:
+        """From the --ema/--mean/--std/--crop-pct/--crop-mode/--interpolation/--labels values (the preprocessing's
+        go to `preprocess`)."""
+        given = {s.key: s.read(values.get(s.key)) for s in cls.SETTINGS}
+        preprocess = PreprocessOverrides(**{k: given.pop(k) for k in list(given) if k not in ("ema", "labels")})
+        return cls(**given, preprocess=preprocess)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,22 @@
-"""Leaf option types and parsers: ranges of numeric settings, text parsers, the shared enums and small options.
+"""Leaf option types and parsers: `Setting` (one option declared once), text parsers, the shared enums and small options.
 
 Nothing here knows a stage: the types are what several layers share (`Precision`, `Target`, the accuracy
 target of a mixed-precision search, ...); `config.py` composes them into a build's settings.
+
+A `Setting` is one option of an options type, declared once in the module that owns the type (its `SETTINGS`):
+the CLI derives its flag from it (cli/options.py `settings_options`), config.py its TOML key, its type check
+and whether it is a path, and the range check is the same for the flag, the key and the type's `__post_init__`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from .errors import UserError
 
@@ -57,30 +63,95 @@ def parse_enum_list(kind: type[enum.Enum], text: str, option: str) -> tuple:
 
 MAX_BATCH = 4096  # the largest batch an exported model accepts (its dynamic batch axis)
 
-# Ranges of the numeric settings, whether given as flags or as config keys.
-LIMITS: dict[str, tuple[int, int]] = {
-    "num_classes": (1, 1_000_000),
-    "threads": (1, 1024),
-    "batch_size": (1, MAX_BATCH),
-    "opset": (18, 1000),  # the dynamo exporter's minimum; the export stage checks the exporter's maximum
-    "warmup": (0, 1_000_000),
-    "iterations": (1, 1_000_000),
-    "workspace_mib": (1, 1 << 20),  # 1 TiB: anything larger is a typo
-    "builder_optimization_level": (0, 5),
-    "opt_batch_size": (1, MAX_BATCH),
-    "calib_size": (1, 10_000_000),
-    "seed": (0, 2**32 - 1),
-    "max_excluded": (0, 100_000),  # nodes a mixed-precision search may leave in higher precision
-    "select_size": (1, 10_000_000),
-    "openvino_streams": (1, 1024),
-}
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting, declared once: its flag (`--openvino-streams`), its TOML key (`openvino_streams`), its check.
+
+    `kind` is the type of the value as given: int, float, str (text `parse` reads), Path (relative ones in a TOML
+    file are taken relative to its folder) or bool (a flag). `parse(value, label)` checks a value and returns what
+    the options type holds; `limits` is the (low, high) range of an int. `field` is the field of the options type
+    it fills (default: `key`); `toml` False keeps it a flag only.
+    """
+
+    key: str
+    kind: type
+    help: str | None = None
+    default: Any = None
+    limits: tuple[int, int] | None = None
+    parse: Callable[[Any, str], Any] | None = None
+    field: str | None = None
+    toml: bool = True
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def toml_type(self) -> type | tuple[type, ...]:
+        """The TOML value's type: a path or text is a string, a float may be written as a whole number."""
+        return {Path: str, float: (int, float)}.get(self.kind, self.kind)
+
+    def but(self, **changes: Any) -> Setting:
+        """The same setting as one command shows it (another help text or default)."""
+        return dataclasses.replace(self, **changes)
+
+    def check(self, value: Any, label: str | None = None) -> Any:
+        """The range check of the flag, the TOML key and the options type's `__post_init__` (None passes)."""
+        if self.limits is not None and value is not None:
+            low, high = self.limits
+            if not low <= value <= high:
+                raise UserError(f"{label or self.flag} must be between {low} and {high}, got {value}")
+        return value
+
+    def check_toml(self, value: Any, label: str) -> None:
+        """A TOML value of the right type: in range, accepted by the parser, a string not empty."""
+        if self.limits is not None:
+            self.check(value, label)
+        elif self.parse is not None:
+            self.parse(value, label)
+        elif isinstance(value, str) and (not value.strip() or "\0" in value):
+            raise UserError(f"{label} must not be empty")
+
+    def read(self, value: Any) -> Any:
+        """What the options type holds for a flag's value: parsed and checked (None: not given; so is an empty path)."""
+        if self.kind is bool:
+            return bool(value)
+        if value is None:
+            return None
+        if self.kind is Path:
+            return Path(value) if value else None
+        if self.parse is not None:
+            return self.parse(value, self.flag)
+        return float(value) if self.kind is float else self.check(value)
 
 
-def check_range(name: str, value: int, option: str) -> int:
-    low, high = LIMITS[name]
-    if not low <= value <= high:
-        raise UserError(f"{option} must be between {low} and {high}, got {value}")
-    return value
+class Configurable:
+    """An options type whose fields are filled by its `SETTINGS` (flags or TOML keys)."""
+
+    SETTINGS: ClassVar[tuple[Setting, ...]] = ()
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Self:
+        """The options from flag values by key; a setting missing from `values` keeps the field's default."""
+        return cls(**{s.field or s.key: s.read(values[s.key]) for s in cls.SETTINGS if s.key in values})
+
+    def check_ranges(self) -> None:
+        """Each field a setting with a range fills is within it (for `__post_init__`)."""
+        for s in self.SETTINGS:
+            if s.limits is not None:
+                s.check(getattr(self, s.field or s.key))
+
+
+def setting(settings: tuple[Setting, ...], key: str) -> Setting:
+    """The setting called `key` among `settings`."""
+    found = [s for s in settings if s.key == key]
+    if len(found) != 1:
+        raise KeyError(f"{len(found)} settings called {key!r}")
+    return found[0]
+
+
+NUM_CLASSES = Setting("num_classes", int, "Classifier outputs (default: from the weights).", limits=(1, 1_000_000))
 
 
 def parse_int_list(text: str, option: str, minimum: int = 1, maximum: int = MAX_BATCH) -> tuple[int, ...]:
@@ -127,7 +198,13 @@ def parse_word(text: str, option: str, valid: tuple[str, ...]) -> str:
 
 
 @dataclass(frozen=True)
-class BenchmarkOptions:
+class BenchmarkOptions(Configurable):
+    SETTINGS = (
+        Setting("batch_sizes", str, "Batch sizes to benchmark.", "1,8", parse=parse_int_list),
+        Setting("warmup", int, "Warm-up calls per batch size.", 10, limits=(0, 1_000_000)),
+        Setting("iterations", int, "Timed calls per batch size.", 50, limits=(1, 1_000_000)),
+    )
+
     batch_sizes: tuple[int, ...] = (1, 8)
     warmup: int = 10
     iterations: int = 50
@@ -135,8 +212,7 @@ class BenchmarkOptions:
     max_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.warmup < 0 or self.iterations < 1:
-            raise UserError("benchmark: --warmup must be >= 0 and --iterations >= 1")
+        self.check_ranges()
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise UserError("benchmark: --batch-sizes must be whole numbers >= 1")
 
@@ -154,9 +230,27 @@ def check_top1_agreement(value: float, option: str = "--min-top1-agreement") -> 
 
 
 @dataclass(frozen=True)
-class AccuracyTarget:
+class AccuracyTarget(Configurable):
     """What an INT8 model must keep (`--max-top1-drop`, `--min-top1-agreement`), and how far the mixed-precision
     search may go to get there (`--max-excluded` nodes left in higher precision). Both limits may be given."""
+
+    SETTINGS = (
+        Setting(
+            "max_top1_drop",
+            float,
+            "INT8 accuracy target: top-1 (on labels) may drop at most this many points; nodes are left in higher precision "
+            "until it holds.",
+            parse=check_top1_drop,
+            field="max_top1_drop_points",
+        ),
+        Setting(
+            "min_top1_agreement",
+            float,
+            "INT8 accuracy target: top-1 must agree with the FP32 model on this fraction of images (e.g. 0.99).",
+            parse=check_top1_agreement,
+        ),
+        Setting("max_excluded", int, "Most nodes the search leaves in higher precision.", 8, limits=(0, 100_000)),
+    )
 
     max_top1_drop_points: float | None = None  # top-1 on labels: FP32 minus INT8, in points
     min_top1_agreement: float | None = None  # fraction (0..1] of samples whose top-1 equals the FP32 model's
@@ -169,7 +263,7 @@ class AccuracyTarget:
             check_top1_drop(self.max_top1_drop_points)
         if self.min_top1_agreement is not None:
             check_top1_agreement(self.min_top1_agreement)
-        check_range("max_excluded", self.max_excluded, "--max-excluded")
+        self.check_ranges()
 
     @property
     def needs_labels(self) -> bool:
@@ -207,15 +301,25 @@ class AccuracyTarget:
 
 
 @dataclass(frozen=True)
-class SelectionOptions:
+class SelectionOptions(Configurable):
     """The images that measure layer sensitivity and choose the excluded nodes (never those that report).
 
     `data` (--select-data) names them; without it, `size` images are held out of --calib-data (at most
     half of it) and calibration draws from the rest. `size` (--select-size) caps --select-data too.
     """
 
+    SETTINGS = (
+        Setting(
+            "select_data",
+            Path,
+            "Images that measure sensitivity and choose the nodes (default: held out of --calib-data).",
+            field="data",
+        ),
+        Setting("select_size", int, "Images used from the selection data.", 256, limits=(1, 10_000_000), field="size"),
+    )
+
     data: Path | None = None
     size: int = 256
 
     def __post_init__(self) -> None:
-        check_range("select_size", self.size, "--select-size")
+        self.check_ranges()

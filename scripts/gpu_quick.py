@@ -165,8 +165,7 @@ def compare(engine: Path, onnx: Path, batch: np.ndarray) -> str:
 def extra_int8_engine(digits: Path, out: Path) -> Path:
     """The INT8 engine of the FP32-elsewhere Q/DQ model (the build made its twin's)."""
     from resnet_deploy.artifacts import OnnxArtifact
-    from resnet_deploy.config import TensorRTOptions
-    from resnet_deploy.engines.trt import BatchProfile, build_engine
+    from resnet_deploy.engines.trt import BatchProfile, TensorRTOptions, build_engine
 
     model = OnnxArtifact.read(digits / "model.int8-tensorrt.onnx")
     options = TensorRTOptions(builder_optimization_level=2, timing_cache=out / "timing.cache")
@@ -175,8 +174,7 @@ def extra_int8_engine(digits: Path, out: Path) -> Path:
 
 def version_compatible(digits: Path, out: Path, batch: np.ndarray) -> str:
     from resnet_deploy.artifacts import OnnxArtifact
-    from resnet_deploy.config import HardwareCompat, TensorRTOptions
-    from resnet_deploy.engines.trt import BatchProfile, TensorRTRunner, build_engine
+    from resnet_deploy.engines.trt import BatchProfile, HardwareCompat, TensorRTOptions, TensorRTRunner, build_engine
 
     options = TensorRTOptions(
         workspace_mib=64, tf32=True, version_compatible=True, hardware_compat=HardwareCompat.SAME_CC, builder_optimization_level=2

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from resnet_deploy.calibration.methods import CalibrationMethod
-from resnet_deploy.config import Target
 from resnet_deploy.examples import digits
+from resnet_deploy.options import Target
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

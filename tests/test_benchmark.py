@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from resnet_deploy.config import BenchmarkOptions
 from resnet_deploy.engines.ort import OrtRunner
 from resnet_deploy.errors import UserError
 from resnet_deploy.files import dumps_json
+from resnet_deploy.options import BenchmarkOptions
 from resnet_deploy.pipeline.benchmark import benchmark, make_batch
 from resnet_deploy.reports.report import Latency
 

@@ -18,10 +18,9 @@ import torch
 from click.testing import CliRunner
 
 from resnet_deploy.cli import cli
-from resnet_deploy.config import ModelOptions
 from resnet_deploy.errors import UserError
 from resnet_deploy.examples import digits
-from resnet_deploy.models import create_model, load_model, read_state_dict, resolve_arch
+from resnet_deploy.models import ModelOptions, create_model, load_model, read_state_dict, resolve_arch
 
 from .conftest import one_error_line, run_cli
 

@@ -23,12 +23,12 @@ from resnet_deploy.calibration.calibrate import CalibrationSet, calibrate
 from resnet_deploy.calibration.methods import CalibrationOptions
 from resnet_deploy.calibration.quantize import OrtWeights, conv_weight_overrides, judged_exactly, quantize_int8
 from resnet_deploy.cli import cli
-from resnet_deploy.config import Target
 from resnet_deploy.data import NpzDataset
 from resnet_deploy.engines.accuracy import Accuracy
 from resnet_deploy.engines.ort import OrtRunner, exact_runner
 from resnet_deploy.gates.environment import environment_differences
 from resnet_deploy.isa import CpuKind, host_isa, mismatch, parse_cpu, parse_cpuinfo
+from resnet_deploy.options import Target
 from resnet_deploy.pipeline.kernels import KERNEL_LOSS_POINTS, SANITY_FLOOR, broken_model, kernel_loss
 from resnet_deploy.reports.environment import environment
 from resnet_deploy.reports.report import EngineResult, Report

@@ -22,8 +22,8 @@ from resnet_deploy.calibration import quantize as quantize_module
 from resnet_deploy.calibration.graph import load_onnx, quantized_nodes
 from resnet_deploy.calibration.search import search_exclusions
 from resnet_deploy.cli import cli
-from resnet_deploy.config import AccuracyTarget
 from resnet_deploy.errors import UserError
+from resnet_deploy.options import AccuracyTarget
 
 from .conftest import build_args, one_error_line
 
@@ -104,10 +104,10 @@ def test_quantize_meets_a_tight_target_with_few_nodes_and_one_statistics_pass(
 def _agreement_on_val(path, workload, fp32_onnx) -> float:
     """Top-1 agreement of `path` with the FP32 model on --val-data, measured as the search measures it (--cpu vnni)."""
     from resnet_deploy.calibration.quantize import judged_exactly
-    from resnet_deploy.config import Target
     from resnet_deploy.data import Preprocess, open_dataset
     from resnet_deploy.engines.ort import OrtRunner
     from resnet_deploy.isa import CpuKind
+    from resnet_deploy.options import Target
     from resnet_deploy.pipeline.validate import validate_all
 
     val = open_dataset(workload.val, Preprocess.from_dict(fp32_onnx.preprocess))

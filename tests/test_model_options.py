@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from resnet_deploy.cli import cli
 from resnet_deploy.cli.build import _build_config
 from resnet_deploy.cli.build import build as build_command
-from resnet_deploy.config import ModelOptions, load_toml_options, preprocess_overrides
-from resnet_deploy.data import ImageFolderDataset, Preprocess, PreprocessOverrides, open_dataset
+from resnet_deploy.config import load_toml_options
+from resnet_deploy.data import ImageFolderDataset, Preprocess, PreprocessOverrides, open_dataset, preprocess_overrides
 from resnet_deploy.errors import UserError
 from resnet_deploy.examples import digits
-from resnet_deploy.models import load_model
+from resnet_deploy.models import ModelOptions, load_model
 from resnet_deploy.reports.markdown import to_markdown
 from resnet_deploy.reports.schema import read_report
 

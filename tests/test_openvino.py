@@ -15,25 +15,15 @@ from click.testing import CliRunner
 
 from resnet_deploy.calibration.methods import CalibrationMethod
 from resnet_deploy.cli import cli
-from resnet_deploy.config import (
-    MAX_STATIC_SHAPES,
-    BuildConfig,
-    Engine,
-    OpenVINOOptions,
-    PerformanceHint,
-    ShapeMode,
-    Target,
-    default_engines,
-    load_toml_options,
-    parse_engines,
-)
+from resnet_deploy.config import BuildConfig, Engine, default_engines, load_toml_options, parse_engines
 from resnet_deploy.data import open_dataset
 from resnet_deploy.engines.naming import engine_name
-from resnet_deploy.engines.openvino import OpenVINORunner
+from resnet_deploy.engines.openvino import MAX_STATIC_SHAPES, OpenVINOOptions, OpenVINORunner, PerformanceHint, ShapeMode
 from resnet_deploy.engines.ort import exact_runner
 from resnet_deploy.engines.pytorch import PyTorchRunner
 from resnet_deploy.errors import MissingDependency, UserError
 from resnet_deploy.isa import host_isa
+from resnet_deploy.options import Target
 from resnet_deploy.pipeline.kernels import kernel_loss
 from resnet_deploy.pipeline.plan import plan_engines
 from resnet_deploy.pipeline.validate import validate_all

@@ -13,12 +13,12 @@ from resnet_deploy.calibration.fp16 import DATA_MAX, convert_fp16, overflow_node
 from resnet_deploy.calibration.graph import module_path, producers, quantized_nodes, residual_adds
 from resnet_deploy.calibration.methods import CalibrationMethod
 from resnet_deploy.calibration.quantize import quantize_int8
-from resnet_deploy.config import Target
 from resnet_deploy.data import open_dataset
 from resnet_deploy.engines.ort import OrtRunner, exact_runner
 from resnet_deploy.engines.pytorch import PyTorchRunner
 from resnet_deploy.errors import UserError
 from resnet_deploy.isa import host_isa
+from resnet_deploy.options import Target
 from resnet_deploy.pipeline.kernels import KERNEL_LOSS_POINTS, loss_points
 from resnet_deploy.pipeline.validate import validate_all
 

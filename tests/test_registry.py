@@ -7,13 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from resnet_deploy.config import BuildConfig, Engine, OpenVINOOptions, Target
+from resnet_deploy.config import BuildConfig, Engine
 from resnet_deploy.engines import registry
 from resnet_deploy.engines.kind import EngineSettings
-from resnet_deploy.engines.openvino import OpenVINORunner, openvino_missing
+from resnet_deploy.engines.openvino import OpenVINOOptions, OpenVINORunner, openvino_missing
 from resnet_deploy.engines.ort import OrtOptions, OrtRunner, exact_runner
 from resnet_deploy.engines.pytorch import PyTorchOptions, PyTorchRunner
 from resnet_deploy.engines.trt import TensorRTOptions, TensorRTRunner, missing_requirements
+from resnet_deploy.options import Target
 
 from .test_trt import write_engine_manifest
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from resnet_deploy.artifacts import EngineArtifact, sidecar_path, write_with_sidecar
 from resnet_deploy.cli import cli
-from resnet_deploy.config import BuildConfig, Engine, HardwareCompat, Target, TensorRTOptions, parse_hardware_compat
+from resnet_deploy.config import BuildConfig, Engine
 from resnet_deploy.data import Preprocess
 from resnet_deploy.engines.naming import engine_name
 from resnet_deploy.engines.ort import (
@@ -32,6 +32,8 @@ from resnet_deploy.engines.ort import (
 from resnet_deploy.engines.trt import (
     BatchProfile,
     CudaStack,
+    HardwareCompat,
+    TensorRTOptions,
     TensorRTRunner,
     TrtEnvironment,
     check_compatible,
@@ -39,11 +41,13 @@ from resnet_deploy.engines.trt import (
     cuda_majors_of_tensorrt,
     engine_build_chain,
     missing_requirements,
+    parse_hardware_compat,
     run_build_chain,
     tensor_datatype,
     version_tuple,
 )
 from resnet_deploy.errors import CheckFailed, MissingDependency, UserError
+from resnet_deploy.options import Target
 from resnet_deploy.pipeline.plan import plan_engines
 from resnet_deploy.reports.markdown import to_markdown
 from resnet_deploy.reports.report import Latency

@@ -14,10 +14,11 @@ from click.testing import CliRunner
 from resnet_deploy.artifacts import EngineArtifact, sidecar_path
 from resnet_deploy.calibration.methods import CalibrationMethod
 from resnet_deploy.cli import cli
-from resnet_deploy.config import BenchmarkOptions, HardwareCompat, Target, TensorRTOptions
 from resnet_deploy.engines.ort import OrtRunner, OrtTensorrtOptions, parse_providers
 from resnet_deploy.engines.trt import (
     BatchProfile,
+    HardwareCompat,
+    TensorRTOptions,
     TensorRTRunner,
     build_engine,
     engine_build_chain,
@@ -25,6 +26,7 @@ from resnet_deploy.engines.trt import (
 )
 from resnet_deploy.errors import CheckFailed, MissingDependency, UserError
 from resnet_deploy.files import sha256_file
+from resnet_deploy.options import BenchmarkOptions, Target
 from resnet_deploy.pipeline.benchmark import benchmark
 
 from .conftest import build_args

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..options import Configurable, Setting
 
 INT8_MAX = 127
 QUANTIZED_BINS = 128  # TensorRT's entropy calibration merges the histogram into 128 levels (8 bits with sign)
@@ -30,36 +31,6 @@ class CalibrationMethod(enum.StrEnum):
     MAX = "max"
     ENTROPY = "entropy"
     PERCENTILE = "percentile"
-
-
-@dataclass(frozen=True)
-class CalibrationOptions:
-    """How the calibration set is drawn and turned into ranges; what stays in higher precision."""
-
-    size: int = 512  # images drawn from --calib-data (MLPerf calibrates ResNet-50 with 500)
-    seed: int = 0
-    method: CalibrationMethod = CalibrationMethod.ENTROPY
-    percentile: float = 99.99
-    exclude_layers: str | None = None  # regex on node names and PyTorch module paths
-    cache: Path | None = None  # calib.json of an earlier run, reused when nothing changed
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise UserError(f"--calib-size must be >= 1, got {self.size}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be >= 0, got {self.seed}")
-        check_percentile(self.percentile)
-        if self.exclude_layers is not None:
-            check_regex(self.exclude_layers)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "size": self.size,
-            "seed": self.seed,
-            "method": self.method.value,
-            "percentile": self.percentile if self.method is CalibrationMethod.PERCENTILE else None,
-            "exclude_layers": self.exclude_layers,
-        }
 
 
 def parse_method(text: str, option: str = "--calib-method") -> CalibrationMethod:
@@ -82,6 +53,54 @@ def check_regex(text: str, option: str = "--exclude-layers") -> str:
     except re.error as exc:
         raise UserError(f"{option} {text!r} is not a valid regular expression ({exc})") from None
     return text
+
+
+@dataclass(frozen=True)
+class CalibrationOptions(Configurable):
+    """How the calibration set is drawn and turned into ranges; what stays in higher precision."""
+
+    SETTINGS = (
+        Setting("calib_size", int, "Calibration images drawn from --calib-data.", 512, limits=(1, 10_000_000), field="size"),
+        Setting("seed", int, "Seed of the calibration and selection draws.", 0, limits=(0, 2**32 - 1)),
+        Setting(
+            "calib_method",
+            str,
+            "INT8 activation ranges: max, entropy or percentile.",
+            "entropy",
+            parse=parse_method,
+            field="method",
+        ),
+        Setting("percentile", float, "For --calib-method percentile.", 99.99, parse=check_percentile),
+        Setting(
+            "exclude_layers",
+            str,
+            "Regex of node names / module paths kept in higher precision (e.g. '^conv1$|^fc$').",
+            parse=lambda text, option: check_regex(text, option) if text else None,  # empty: none excluded
+        ),
+        Setting("calib_cache", Path, "calib.json of an earlier run: reused when nothing changed.", field="cache"),
+    )
+
+    size: int = 512  # images drawn from --calib-data (MLPerf calibrates ResNet-50 with 500)
+    seed: int = 0
+    method: CalibrationMethod = CalibrationMethod.ENTROPY
+    percentile: float = 99.99
+    exclude_layers: str | None = None  # regex on node names and PyTorch module paths
+    cache: Path | None = None  # calib.json of an earlier run, reused when nothing changed
+
+    def __post_init__(self) -> None:
+        self.check_ranges()
+        check_percentile(self.percentile)
+        if self.exclude_layers is not None:
+            check_regex(self.exclude_layers)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "size": self.size,
+            "seed": self.seed,
+            "method": self.method.value,
+            "percentile": self.percentile if self.method is CalibrationMethod.PERCENTILE else None,
+            "exclude_layers": self.exclude_layers,
+        }
 
 
 # ---------------------------------------------------------------------------------------- the math

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from .. import config
 from ..errors import UserError
-from .options import parse_model_options
+
+INPUT_SIZE = config.INPUT_SIZE.but(help="CxHxW (default: the arch's).")  # as the single-stage commands show it
 
 
 def check_images(data: Path | None, preprocess, count: int = 32):
@@ -25,11 +27,11 @@ def check_images(data: Path | None, preprocess, count: int = 32):
 
 def load_reference(arch: str | None, weights: Path, num_classes: int | None, input_size: str | None, options):
     """The user's model: load_model with the model options (--ema, --mean, ..., --labels)."""
-    from ..config import parse_input_size
-    from ..models import load_model
+    from ..models import ModelOptions, load_model
+    from ..options import parse_input_size
 
     size = parse_input_size(input_size) if input_size else None
-    return load_model(arch, weights, num_classes, size, parse_model_options(options))
+    return load_model(arch, weights, num_classes, size, ModelOptions.from_values(options))
 
 
 def log_model(progress, model) -> None:

@@ -1,5 +1,9 @@
 """The option groups commands share (decorators), their parsing into the option dataclasses, and `common`:
---quiet/--debug on every command, errors turned into one line and their exit code."""
+--quiet/--debug on every command, errors turned into one line and their exit code.
+
+A setting's flag is derived from its declaration (options.Setting, in the module of its options type) by
+`settings_options`; the option types build themselves from the parsed values (`from_values`).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,28 @@ from typing import Any
 
 import click
 
+from .. import config
+from ..calibration.methods import CalibrationOptions
+from ..engines import registry
 from ..errors import ResnetDeployError, UserError
+from ..models import ModelOptions
+from ..options import AccuracyTarget, SelectionOptions, Setting
 
-WEIGHTS_HELP = (
-    "Weights: a state_dict or training checkpoint (.pth/.pt/.ckpt/.pth.tar/.safetensors: Lightning, timm train.py, "
-    "torchvision references) or a hub folder (config.json + model.safetensors)."
-)
+WEIGHTS_HELP = config.WEIGHTS.help
+
+
+def setting_option(setting: Setting) -> Callable[..., Any]:
+    """The click option of a setting: `--key-name`, its type (PATH, INTEGER, FLOAT, TEXT or a flag), default, help."""
+    if setting.kind is bool:
+        return click.option(setting.flag, is_flag=True, help=setting.help)
+    kind = {Path: click.Path(path_type=Path), str: None}.get(setting.kind, setting.kind)
+    shown = {"default": setting.default, "show_default": True} if setting.default is not None else {}
+    return click.option(setting.flag, type=kind, help=setting.help, **shown)
+
+
+def settings_options(*settings: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator adding the options of `settings`, in that order."""
+    return lambda fn: with_options(fn, [setting_option(s) for s in settings])
 
 
 def common(fn: Callable[..., int | None]) -> Callable[..., None]:
@@ -59,7 +79,7 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
 def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--gates/--set/--baseline/--junit/--summary, shared by `build` and `gate`."""
     return with_options(fn, [
-        click.option("--gates", type=click.Path(path_type=Path), help="TOML file of thresholds per engine name or glob."),
+        setting_option(config.GATES),
         click.option(
             "--set",
             "overrides",
@@ -68,7 +88,7 @@ def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Set one threshold, overriding the gates file (repeatable), e.g. 'onnxruntime-int8.min_top1_agreement=0.995' "
             "or '*-fp16.max_p99_ms.8=30'.",
         ),
-        click.option("--baseline", type=click.Path(path_type=Path), help="Earlier report.json for max_latency_regression_pct."),
+        setting_option(config.BASELINE),
         click.option(
             "--junit", type=click.Path(path_type=Path), help="Write the gate results as JUnit XML (replaced if present)."
         ),
@@ -85,154 +105,43 @@ def with_options(fn: Callable[..., Any], options: list[Callable[..., Any]]) -> C
 
 
 def calibration_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--calib-size/--seed/--calib-method/--percentile/--exclude-layers, shared by build, quantize and layers."""
-    return with_options(
-        fn,
-        [
-            click.option(
-                "--calib-size", type=int, default=512, show_default=True, help="Calibration images drawn from --calib-data."
-            ),
-            click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration and selection draws."),
-            click.option(
-                "--calib-method", default="entropy", show_default=True, help="INT8 activation ranges: max, entropy or percentile."
-            ),
-            click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile."),
-            click.option(
-                "--exclude-layers", help="Regex of node names / module paths kept in higher precision (e.g. '^conv1$|^fc$')."
-            ),
-            click.option(
-                "--cpu",
-                default="host",
-                show_default=True,
-                help="CPU the onnxruntime-target INT8 model is for: host (this machine's kind), vnni (x86 with AVX-512 "
-                "VNNI/AVX-VNNI/AMX, ARM64: 8-bit weights) or no-vnni (x86 AVX2/AVX-512 without VNNI: 7-bit weights, "
-                "whose U8S8 sums do not saturate).",
-            ),
-        ],
-    )
+    """--calib-size/--seed/--calib-method/--percentile/--exclude-layers and --cpu, shared by build, quantize and layers
+    (each places its own --calib-cache)."""
+    flags = [s for s in CalibrationOptions.SETTINGS if s.key != "calib_cache"]
+    return settings_options(*flags, config.CPU)(fn)
 
 
 def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--select-data/--select-size: the images that measure sensitivity (build, quantize, layers)."""
-    return with_options(
-        fn,
-        [
-            click.option(
-                "--select-data",
-                type=click.Path(path_type=Path),
-                help="Images that measure sensitivity and choose the nodes (default: held out of --calib-data).",
-            ),
-            click.option("--select-size", type=int, default=256, show_default=True, help="Images used from the selection data."),
-        ],
-    )
+    return settings_options(*SelectionOptions.SETTINGS)(fn)
 
 
 def accuracy_target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--max-top1-drop/--min-top1-agreement/--max-excluded and the selection data (build, quantize)."""
-    options = [
-        click.option(
-            "--max-top1-drop",
-            type=float,
-            help="INT8 accuracy target: top-1 (on labels) may drop at most this many points; nodes are left in higher "
-            "precision until it holds.",
-        ),
-        click.option(
-            "--min-top1-agreement",
-            type=float,
-            help="INT8 accuracy target: top-1 must agree with the FP32 model on this fraction of images (e.g. 0.99).",
-        ),
-        click.option(
-            "--max-excluded", type=int, default=8, show_default=True, help="Most nodes the search leaves in higher precision."
-        ),
-    ]
-    return selection_options(with_options(fn, options))
+    """The selection data and --max-top1-drop/--min-top1-agreement/--max-excluded (build, quantize)."""
+    return settings_options(*SelectionOptions.SETTINGS, *AccuracyTarget.SETTINGS)(fn)
 
 
-def parse_accuracy_target(options: dict[str, Any]):
-    from ..config import AccuracyTarget
-
+def parse_accuracy_target(options: dict[str, Any]) -> AccuracyTarget | None:
     if options.get("max_top1_drop") is None and options.get("min_top1_agreement") is None:
         return None
-    return AccuracyTarget(options.get("max_top1_drop"), options.get("min_top1_agreement"), options["max_excluded"])
-
-
-def parse_selection(options: dict[str, Any]):
-    from ..config import SelectionOptions
-
-    return SelectionOptions(Path(options["select_data"]) if options.get("select_data") else None, options["select_size"])
+    return AccuracyTarget.from_values(options)
 
 
 def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--engines and the OpenVINO settings, shared by `build`, `validate` and `bench`."""
-    options = [
-        click.option(
-            "--engines",
-            help="CPU engines that run the ONNX models, comma-separated: onnxruntime, openvino "
-            "(default: onnxruntime, plus openvino when it is installed).",
-        ),
-        click.option("--openvino-hint", default="latency", show_default=True, help="OpenVINO: latency or throughput."),
-        click.option("--openvino-streams", type=int, help="OpenVINO: parallel inference streams (default: the hint's)."),
-        click.option(
-            "--openvino-cache-dir",
-            type=click.Path(path_type=Path),
-            help="OpenVINO: folder for compiled models, loaded from there on the next start.",
-        ),
-        click.option(
-            "--openvino-shapes",
-            default="static",
-            show_default=True,
-            help="OpenVINO: static (one compiled model per batch size; faster) or dynamic (one for all).",
-        ),
-        click.option("--openvino-bf16", is_flag=True, help="OpenVINO: also run the FP32 model in bfloat16 (openvino-bf16)."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    """--engines and the settings of every CPU runtime of the registry but ONNX Runtime (whose --providers each
+    command places before --threads): shared by `build`, `validate` and `bench`."""
+    settings = [s for k in registry.KINDS if k.cpu_runtime and k.name != "onnxruntime" for s in k.settings]
+    return settings_options(config.ENGINES, *settings)(fn)
 
 
-def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--ema, the preprocessing the model was trained with, --labels: shared by build, fold, validate and bench."""
-    return with_options(fn, [
-        click.option("--ema", is_flag=True, help="Use the EMA weights of a training checkpoint (state_dict_ema, model_ema)."),
-        click.option("--mean", help="Normalization mean the model was trained with: 1 or 3 values (default: the arch's)."),
-        click.option("--std", help="Normalization std the model was trained with: 1 or 3 values (default: the arch's)."),
-        click.option("--crop-pct", type=float, help="Share of the resized image kept by the crop, 0.1..1 (default: the arch's)."),
-        click.option("--crop-mode", help="center, squash (resize to the input size) or border (default: the arch's)."),
-        click.option("--interpolation", help="bilinear, bicubic, nearest, box, hamming or lanczos (default: the arch's)."),
-        click.option("--labels", type=click.Path(path_type=Path), help="Class names, one per line, in classifier order."),
-    ])  # fmt: skip
-
-
-def parse_model_options(options: dict[str, Any]):
-    """ModelOptions from the --ema/--mean/--std/--crop-pct/--crop-mode/--interpolation/--labels values."""
-    from ..config import ModelOptions, preprocess_overrides
-
-    preprocess = preprocess_overrides(
-        options.get("mean"), options.get("std"), options.get("crop_pct"), options.get("crop_mode"), options.get("interpolation")
-    )
-    labels = Path(options["labels"]) if options.get("labels") else None
-    return ModelOptions(ema=bool(options.get("ema")), preprocess=preprocess, labels=labels)
-
-
-def parse_openvino(options: dict[str, Any]):
-    from ..config import OpenVINOOptions, PerformanceHint, ShapeMode, parse_choice
-
-    return OpenVINOOptions(
-        hint=parse_choice(PerformanceHint, options["openvino_hint"], "--openvino-hint"),
-        streams=options.get("openvino_streams"),
-        cache_dir=Path(options["openvino_cache_dir"]) if options.get("openvino_cache_dir") else None,
-        shapes=parse_choice(ShapeMode, options["openvino_shapes"], "--openvino-shapes"),
-        bf16=bool(options.get("openvino_bf16")),
-    )
+model_options = settings_options(*ModelOptions.SETTINGS)  # --ema, --mean/--std/..., --labels: build, fold, validate, bench
 
 
 def check_limits(options: dict[str, Any]) -> None:
-    """The numeric options a command has, each within its range (config.LIMITS)."""
-    from ..config import LIMITS, check_range
-
-    for key in LIMITS:
-        if options.get(key) is not None:
-            check_range(key, options[key], f"--{key.replace('_', '-')}")
+    """The numeric options a command has, each within its range (the settings' limits)."""
+    for setting in config.SETTINGS:
+        if setting.limits is not None and options.get(setting.key) is not None:
+            setting.check(options[setting.key])
 
 
 def parse_gates(gates_file: Path | None, overrides: tuple[str, ...], baseline: Path | None):
@@ -246,14 +155,5 @@ def parse_gates(gates_file: Path | None, overrides: tuple[str, ...], baseline: P
     return gates.with_overrides(overrides)
 
 
-def parse_calibration(options: dict[str, Any]):
-    from ..calibration.methods import CalibrationOptions, parse_method
-
-    return CalibrationOptions(
-        size=options["calib_size"],
-        seed=options["seed"],
-        method=parse_method(options["calib_method"]),
-        percentile=float(options["percentile"]),
-        exclude_layers=options.get("exclude_layers") or None,
-        cache=Path(options["calib_cache"]) if options.get("calib_cache") else None,
-    )
+def parse_calibration(options: dict[str, Any]) -> CalibrationOptions:
+    return CalibrationOptions.from_values(options)

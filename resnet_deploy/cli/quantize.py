@@ -8,7 +8,10 @@ from typing import Any
 
 import click
 
+from .. import config
+from ..calibration.methods import CalibrationOptions
 from ..errors import UserError
+from ..options import setting
 from .inputs import refuse_existing
 from .options import (
     accuracy_target_options,
@@ -16,11 +19,13 @@ from .options import (
     check_limits,
     common,
     parse_accuracy_target,
-    parse_calibration,
-    parse_selection,
     selection_options,
+    settings_options,
 )
 from .tables import print_layers, print_search
+
+TARGET = config.TARGET.but(help="INT8 recipe: onnxruntime or tensorrt.")  # one recipe per run
+CALIB_CACHE = setting(CalibrationOptions.SETTINGS, "calib_cache")
 
 
 @click.command(
@@ -34,20 +39,17 @@ from .tables import print_layers, print_search
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path), help="FP32 ONNX from `export` or `build`.")
 @click.option("--calib-data", required=True, type=click.Path(path_type=Path), help="Calibration images or .npz.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="ONNX file to write (+ .json sidecar).")
-@click.option("--precision", default="int8", show_default=True, help="int8 or fp16.")
-@click.option("--target", default="onnxruntime", show_default=True, help="INT8 recipe: onnxruntime or tensorrt.")
+@settings_options(config.PRECISION.but(default="int8", help="int8 or fp16."), TARGET)
 @calibration_flags
-@click.option(
-    "--calib-cache",
-    type=click.Path(path_type=Path),
-    help="Statistics cache: reused when it matches, written when not (default: calib.json beside --out).",
+@settings_options(
+    CALIB_CACHE.but(help="Statistics cache: reused when it matches, written when not (default: calib.json beside --out).")
 )
 @click.option(
     "--val-data",
     type=click.Path(path_type=Path),
     help="Validation data: reports the accuracy target's final check (needed with one); else only to warn about overlap.",
 )
-@click.option("--threads", type=int, help="CPU threads for the calibration pass.")
+@settings_options(config.THREADS.but(help="CPU threads for the calibration pass."))
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @accuracy_target_options
 @common
@@ -59,9 +61,9 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
     best model found is written as <out>.best-effort.onnx).
     """
     from ..calibration.calibrate import CALIB_NAME
-    from ..config import Precision, Target, parse_enum_list
     from ..data import Preprocess
     from ..isa import parse_cpu
+    from ..options import Precision, SelectionOptions, Target, parse_enum_list
     from ..pipeline.quantize import calibrate_model, fixed_nodes, open_for, prepare_calibration, read_fp32
 
     cpu = parse_cpu(options["cpu"])
@@ -85,11 +87,13 @@ def quantize(progress, onnx_path: Path, calib_data: Path, out: Path, val_data: P
         )
     refuse_existing(out, options["force"])
     fp32 = read_fp32(onnx_path)
-    calibration_options = parse_calibration({**options, "calib_cache": options["calib_cache"] or out.parent / CALIB_NAME})
+    calibration_options = CalibrationOptions.from_values(
+        {**options, "calib_cache": options["calib_cache"] or out.parent / CALIB_NAME}
+    )
     fixed = fixed_nodes(fp32, calibration_options)  # fail before calibrating
     calib = open_for(fp32, calib_data, "--calib-data")
     val = open_for(fp32, val_data, "--val-data") if val_data is not None else None
-    selection = parse_selection(options) if accuracy_target is not None else None
+    selection = SelectionOptions.from_values(options) if accuracy_target is not None else None
     preprocess = Preprocess.from_dict(fp32.preprocess)
     images = prepare_calibration(calib, calibration_options, preprocess, fp32.class_names, selection, val, accuracy_target)
     for warning in images.warnings:
@@ -128,7 +132,7 @@ def _quantize_to_target(calibrated, target, accuracy_target, val, out: Path, thr
     """`quantize` with an accuracy target: the search, the final check on --val-data, the latency cost on ONNX
     Runtime here (pipeline.quantize.onnxruntime_check); the exit code comes from the same rule as a build's
     (report.target_failure)."""
-    from ..config import Target
+    from ..options import Target
     from ..pipeline.quantize import onnxruntime_check, quantize_one
     from ..reports.report import target_failure
 
@@ -164,11 +168,11 @@ and one pass over the selection images per node.
 @click.command(epilog=EPILOG_LAYERS)
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path), help="FP32 ONNX from `export` or `build`.")
 @click.option("--calib-data", required=True, type=click.Path(path_type=Path), help="Calibration images or .npz.")
-@click.option("--target", default="onnxruntime", show_default=True, help="INT8 recipe: onnxruntime or tensorrt.")
+@settings_options(TARGET)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for layers.json, layers.html, calib.json.")
 @calibration_flags
-@click.option("--calib-cache", type=click.Path(path_type=Path), help="Statistics cache (default: OUT/calib.json).")
-@click.option("--threads", type=int, help="CPU threads for ONNX Runtime.")
+@settings_options(CALIB_CACHE.but(help="Statistics cache (default: OUT/calib.json)."))
+@settings_options(config.THREADS.but(help="CPU threads for ONNX Runtime."))
 @click.option("--force", is_flag=True, help="Replace existing files in --out.")
 @selection_options
 @common
@@ -176,10 +180,10 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
     """Per-layer INT8 sensitivity: the SQNR each quantized node adds, and the top-1 agreement quantizing it costs."""
     from ..calibration.calibrate import CALIB_NAME
     from ..calibration.sensitivity import measure_layers
-    from ..config import Target, parse_enum_list
     from ..data import Preprocess
     from ..files import write_json_atomic, write_text_atomic
     from ..isa import parse_cpu
+    from ..options import SelectionOptions, Target, parse_enum_list
     from ..pipeline.quantize import calibrate_model, fixed_nodes, open_for, prepare_calibration, read_fp32
     from ..reports.html import render_layers_html
 
@@ -192,11 +196,11 @@ def layers(progress, onnx_path: Path, calib_data: Path, out: Path, **options: An
     if (out / "layers.json").exists() and not options["force"]:
         raise UserError(f"{out / 'layers.json'} already exists; pass --force to replace it, or choose another --out")
     fp32 = read_fp32(onnx_path)
-    calibration_options = parse_calibration({**options, "calib_cache": options["calib_cache"] or out / CALIB_NAME})
+    calibration_options = CalibrationOptions.from_values({**options, "calib_cache": options["calib_cache"] or out / CALIB_NAME})
     fixed = fixed_nodes(fp32, calibration_options)
     calib = open_for(fp32, calib_data, "--calib-data")
     preprocess = Preprocess.from_dict(fp32.preprocess)
-    images = prepare_calibration(calib, calibration_options, preprocess, fp32.class_names, parse_selection(options))
+    images = prepare_calibration(calib, calibration_options, preprocess, fp32.class_names, SelectionOptions.from_values(options))
     for warning in images.warnings:
         click.echo(f"warning: {warning}", err=True)
     calibrated = calibrate_model(

@@ -48,7 +48,7 @@ def triton(progress, build_dir: Path, repo: Path, force: bool, **options: Any) -
     """Write a Triton model repository with one model per engine file of the build in OUT."""
     import sys
 
-    from ..config import parse_choice, parse_int_list
+    from ..options import parse_choice, parse_int_list
     from ..serving.kinds import InstanceKind
     from ..serving.repository import RepositoryOptions, write_repository
 
@@ -107,8 +107,8 @@ Example:
 @common
 def serve_check(progress, repo: Path, val_data: Path, build_dir: Path, **options: Any) -> int:
     """Serve a repository on a real tritonserver: served logits against the engine in process, latency under load."""
-    from ..config import parse_int_list
     from ..data import Preprocess, first_images, open_dataset
+    from ..options import parse_int_list
     from ..reports.schema import read_report
     from ..serving.check import ServeCheckOptions, write_serving
     from ..serving.check import serve_check as run_check

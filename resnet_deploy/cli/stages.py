@@ -7,8 +7,10 @@ from typing import Any
 
 import click
 
-from .inputs import check_images, load_reference, log_model, open_labelled, refuse_existing
-from .options import WEIGHTS_HELP, common, model_options
+from .. import config
+from ..options import NUM_CLASSES
+from .inputs import INPUT_SIZE, check_images, load_reference, log_model, open_labelled, refuse_existing
+from .options import WEIGHTS_HELP, common, model_options, settings_options
 
 
 @click.command(
@@ -18,8 +20,7 @@ from .options import WEIGHTS_HELP, common, model_options
 @click.option("--weights", required=True, type=click.Path(path_type=Path), help=WEIGHTS_HELP)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folded model (.safetensors + .json sidecar).")
 @click.option("--data", type=click.Path(path_type=Path), help="Images or .npz to verify the folding on.")
-@click.option("--num-classes", type=int, help="Classifier outputs (default: from the weights).")
-@click.option("--input-size", help="CxHxW (default: the arch's).")
+@settings_options(NUM_CLASSES, INPUT_SIZE)
 @model_options
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @common
@@ -62,7 +63,7 @@ def fold(
 @click.option("--folded", required=True, type=click.Path(path_type=Path), help="Output of `resnet-deploy fold`.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="ONNX file to write.")
 @click.option("--data", type=click.Path(path_type=Path), help="Images or .npz for the parity check.")
-@click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
+@settings_options(config.OPSET)
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @common
 def export(progress, folded: Path, out: Path, data: Path | None, opset: int | None, force: bool) -> int:

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import click
 
+from .. import config
+from ..engines.ort import OrtOptions
 from ..errors import UserError
-from .inputs import load_reference, log_model, open_labelled
-from .options import common, engine_options, model_options, parse_model_options, parse_openvino
+from ..options import NUM_CLASSES, BenchmarkOptions
+from .inputs import INPUT_SIZE, load_reference, log_model, open_labelled
+from .options import common, engine_options, model_options, settings_options
 from .tables import print_summary
+
+# --providers and --threads as validate and bench show them: without help
+UNEXPLAINED_RUNTIME = (*(s.but(help=None) for s in OrtOptions.SETTINGS), config.THREADS.but(help=None))
 
 
 def _runners(
@@ -21,8 +27,9 @@ def _runners(
     batch_sizes: tuple[int, ...],
 ):
     """Runners for --onnx files on each engine of --engines and TensorRT runners for --engine files (at least one)."""
-    from ..config import check_engines, parse_engines
+    from ..config import check_engines, engine_options_of, parse_engines
     from ..engines import registry
+    from ..engines.openvino import OpenVINOOptions
     from ..engines.ort import OrtOptions, parse_providers
     from ..isa import host_isa
     from ..isa import mismatch as cpu_mismatch
@@ -32,10 +39,13 @@ def _runners(
         raise UserError("give at least one --onnx model or --engine file")
     chain = parse_providers(providers)
     engines = parse_engines(options.get("engines"))
-    openvino = parse_openvino(options)
+    openvino = OpenVINOOptions.from_values(options)
     check_engines(engines, openvino)
     settings = registry.EngineSettings(
-        tuple(e.value for e in engines), threads, tuple(batch_sizes), options=(OrtOptions(chain), openvino)
+        tuple(e.value for e in engines),
+        threads,
+        tuple(batch_sizes),
+        options=(OrtOptions(chain), openvino, *engine_options_of(options)),
     )
     specs = []
     host = host_isa()
@@ -88,13 +98,11 @@ def _input_shape(runner) -> tuple[int, int, int]:
 )
 @click.option("--engine", "engine_paths", multiple=True, type=click.Path(path_type=Path), help="TensorRT engine(s) (repeatable).")
 @click.option("--val-data", required=True, type=click.Path(path_type=Path), help="Validation images or .npz.")
-@click.option("--num-classes", type=int)
-@click.option("--input-size", help="CxHxW (default: the arch's).")
+@settings_options(NUM_CLASSES.but(help=None), INPUT_SIZE)
 @model_options
-@click.option("--providers", default="cpu", show_default=True)
-@click.option("--threads", type=int)
+@settings_options(*UNEXPLAINED_RUNTIME)
 @engine_options
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@settings_options(config.BATCH_SIZE.but(help=None))
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
 @common
 def validate(
@@ -177,12 +185,9 @@ def validate(
 @click.option("--weights", type=click.Path(path_type=Path), help="Weights of the PyTorch reference (file or hub folder).")
 @click.option("--data", type=click.Path(path_type=Path), help="Images or .npz to time on (default: random inputs).")
 @model_options
-@click.option("--providers", default="cpu", show_default=True)
-@click.option("--threads", type=int)
+@settings_options(*UNEXPLAINED_RUNTIME)
 @engine_options
-@click.option("--batch-sizes", default="1,8", show_default=True)
-@click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--iterations", type=int, default=50, show_default=True)
+@settings_options(*(s.but(help=None) for s in BenchmarkOptions.SETTINGS))
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
 @common
 def bench(
@@ -205,13 +210,13 @@ def bench(
 
     import numpy as np
 
-    from ..config import BenchmarkOptions, parse_int_list
     from ..data import Preprocess, first_images, open_dataset
     from ..engines.pytorch import PyTorchRunner
     from ..files import write_json_atomic
+    from ..models import ModelOptions
     from ..pipeline.benchmark import benchmark_all
 
-    options = BenchmarkOptions(parse_int_list(batch_sizes, "--batch-sizes"), warmup, iterations)
+    options = BenchmarkOptions.from_values({"batch_sizes": batch_sizes, "warmup": warmup, "iterations": iterations})
     runners = _runners(onnx_paths, engine_paths, providers, threads, model_and_engine_options, options.batch_sizes)
     shape = _input_shape(runners[0])
     if arch and not weights:
@@ -225,7 +230,7 @@ def bench(
         runners.insert(0, PyTorchRunner(model.module, threads=threads))
         preprocess = preprocess or model.preprocess
     if data is not None:
-        given = parse_model_options(model_and_engine_options).preprocess.given()  # --mean, ... override the recorded ones
+        given = ModelOptions.from_values(model_and_engine_options).preprocess.given()  # --mean, ... override the recorded ones
         preprocess = dataclasses.replace(preprocess or Preprocess(input_size=shape), **given)
         images = first_images(open_dataset(data, preprocess, option="--data"), max(options.batch_sizes))
     else:

@@ -4,7 +4,8 @@ An engine kind (one per runtime: ONNX Runtime, OpenVINO, TensorRT, the PyTorch r
 listed in `registry.KINDS`. A kind says:
 
 - `name`, `title`: its registry key (also the report's backend family) and what people call it;
-- `options_type`: the frozen dataclass of its settings (None: it has none);
+- `options_type`: the frozen dataclass of its settings (None: it has none); its `SETTINGS` (options.Setting,
+  with `from_values`: an options.Configurable) are the kind's flags and build TOML keys (`settings`);
 - `cpu_runtime`: True for a runtime of the ONNX models on the CPU (then `--engines` may name it);
 - `available()`: None, or the one line saying why it cannot run here;
 - `_plan(model, settings)`: the engines it runs for one model file (usually one; OpenVINO adds openvino-bf16);
@@ -23,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from ..options import Setting
 from .base import Runner
 from .naming import engine_name, native_target
 
@@ -117,6 +119,11 @@ class EngineKind(abc.ABC):
     def builds(self) -> bool:
         """Whether it compiles a file from the model (then `build` must run before `runner`)."""
         return type(self).build is not EngineKind.build
+
+    @property
+    def settings(self) -> tuple[Setting, ...]:
+        """Its options type's settings: flags and TOML keys (none without an options type or settings)."""
+        return getattr(self.options_type, "SETTINGS", ())
 
     def available(self) -> str | None:
         """None when it can run here, else the one line saying why not."""

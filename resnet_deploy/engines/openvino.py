@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckFailed, MissingDependency, UserError
+from ..options import Configurable, Setting, parse_choice
 from .base import Runner
 from .kind import EngineKind, EngineSettings, EngineSpec, Model
 
@@ -68,13 +69,46 @@ MAX_STATIC_SHAPES = 8  # compiled batch sizes an OpenVINO runner keeps (least re
 
 
 @dataclass(frozen=True)
-class OpenVINOOptions:
+class OpenVINOOptions(Configurable):
     """How OpenVINO compiles and runs the ONNX models on the CPU. None means OpenVINO's default.
 
     Every model is compiled with inference precision f32: OpenVINO's CPU plugin otherwise runs FP32
     layers in bfloat16 on CPUs that have it (its default there), which is not the FP32 model that was
     validated. `bf16` adds an engine that does exactly that, named `openvino-bf16`.
     """
+
+    SETTINGS = (
+        Setting(
+            "openvino_hint",
+            str,
+            "OpenVINO: latency or throughput.",
+            "latency",
+            parse=lambda text, option: parse_choice(PerformanceHint, text, option),
+            field="hint",
+        ),
+        Setting(
+            "openvino_streams",
+            int,
+            "OpenVINO: parallel inference streams (default: the hint's).",
+            limits=(1, 1024),
+            field="streams",
+        ),
+        Setting(
+            "openvino_cache_dir",
+            Path,
+            "OpenVINO: folder for compiled models, loaded from there on the next start.",
+            field="cache_dir",
+        ),
+        Setting(
+            "openvino_shapes",
+            str,
+            "OpenVINO: static (one compiled model per batch size; faster) or dynamic (one for all).",
+            "static",
+            parse=lambda text, option: parse_choice(ShapeMode, text, option),
+            field="shapes",
+        ),
+        Setting("openvino_bf16", bool, "OpenVINO: also run the FP32 model in bfloat16 (openvino-bf16).", field="bf16"),
+    )
 
     hint: PerformanceHint = PerformanceHint.LATENCY
     streams: int | None = None  # parallel inference streams (default: what the hint chooses)
@@ -87,8 +121,7 @@ class OpenVINOOptions:
             raise UserError(f"--openvino-hint: expected one of {', '.join(h.value for h in PerformanceHint)}")
         if not isinstance(self.shapes, ShapeMode):
             raise UserError(f"--openvino-shapes: expected one of {', '.join(s.value for s in ShapeMode)}")
-        if self.streams is not None and not 1 <= self.streams <= 1024:
-            raise UserError(f"--openvino-streams must be between 1 and 1024, got {self.streams}")
+        self.check_ranges()
         if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
             raise UserError(f"--openvino-cache-dir {self.cache_dir} is a file; give a folder (it is created if missing)")
 

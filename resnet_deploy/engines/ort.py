@@ -18,6 +18,7 @@ import numpy as np
 from ..artifacts import read_onnx
 from ..errors import MissingDependency, UserError
 from ..files import sha256_file
+from ..options import Configurable, Setting
 from .base import Runner
 from .kind import EngineKind, EngineSettings, EngineSpec, Model
 from .trt import BatchProfile
@@ -103,8 +104,12 @@ class OrtTensorrtOptions:
 
 
 @dataclass(frozen=True)
-class OrtOptions:
+class OrtOptions(Configurable):
     """How ONNX Runtime runs the ONNX models: its execution providers (`--providers`, parsed by parse_providers)."""
+
+    SETTINGS = (
+        Setting("providers", str, "ONNX Runtime execution providers: cpu, cuda, tensorrt.", "cpu", parse=parse_providers),
+    )
 
     providers: tuple[str, ...] = ("cpu",)
 

@@ -33,6 +33,7 @@ import numpy as np
 from ..artifacts import EngineArtifact, OnnxArtifact, sidecar_path, write_sidecar
 from ..errors import CheckFailed, MissingDependency, ResnetDeployError, UserError
 from ..files import atomic_path, sha256_file
+from ..options import MAX_BATCH, Configurable, Setting, parse_choice
 from .base import Runner
 from .kind import EngineKind, EngineSettings, EngineSpec, Model
 from .naming import engine_name
@@ -61,12 +62,43 @@ class HardwareCompat(enum.StrEnum):
         return {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[self.value]
 
 
+def parse_hardware_compat(text: str, option: str = "--hardware-compat") -> HardwareCompat:
+    return parse_choice(HardwareCompat, text, option)
+
+
 MAX_WORKSPACE_MIB = 1 << 20  # 1 TiB: anything larger is a typo
 
 
 @dataclass(frozen=True)
-class TensorRTOptions:
+class TensorRTOptions(Configurable):
     """How TensorRT engines are built and run (`build --target tensorrt`). None means TensorRT's default."""
+
+    SETTINGS = (
+        Setting(
+            "workspace_mib",
+            int,
+            "TensorRT: builder workspace limit in MiB (default: TensorRT's).",
+            limits=(1, MAX_WORKSPACE_MIB),
+        ),
+        Setting("builder_optimization_level", int, "TensorRT: 0..5 (default 3; higher builds longer).", limits=(0, 5)),
+        Setting("timing_cache", Path, "TensorRT: timing cache file, read and updated."),
+        Setting("version_compatible", bool, "TensorRT: engines also run on later TensorRT versions.", toml=False),
+        Setting(
+            "hardware_compat",
+            str,
+            "TensorRT: none, ampere+ or same-cc.",
+            "none",
+            parse=parse_hardware_compat,
+        ),
+        Setting("tf32", bool, "TensorRT: let FP32 layers use TF32 tensor cores.", toml=False),
+        Setting(
+            "opt_batch_size",
+            int,
+            "TensorRT: batch size to tune for (default: median of --batch-sizes).",
+            limits=(1, MAX_BATCH),
+        ),
+        Setting("cuda_graph", bool, "TensorRT: run batch 1 from a captured CUDA graph.", toml=False),
+    )
 
     workspace_mib: int | None = None  # limit of the builder's scratch memory pool
     builder_optimization_level: int | None = None  # 0..5; TensorRT's default is 3
@@ -78,15 +110,12 @@ class TensorRTOptions:
     cuda_graph: bool = False  # replay batch-1 inference from a captured CUDA graph
 
     def __post_init__(self) -> None:
-        if self.workspace_mib is not None and not 1 <= self.workspace_mib <= MAX_WORKSPACE_MIB:
-            raise UserError(f"--workspace-mib must be between 1 and {MAX_WORKSPACE_MIB}, got {self.workspace_mib}")
         level = self.builder_optimization_level
-        if level is not None and not 0 <= level <= 5:
+        if level is not None and not 0 <= level <= 5:  # the flag's range, saying TensorRT's default
             raise UserError(f"--builder-optimization-level must be 0..5 (TensorRT's default is 3), got {level}")
+        self.check_ranges()
         if not isinstance(self.hardware_compat, HardwareCompat):
             raise UserError(f"--hardware-compat: expected one of {', '.join(h.value for h in HardwareCompat)}")
-        if self.opt_batch_size is not None and self.opt_batch_size < 1:
-            raise UserError(f"--opt-batch-size must be >= 1, got {self.opt_batch_size}")
         if self.timing_cache is not None:
             cache = Path(self.timing_cache)
             if cache.is_dir():

@@ -28,7 +28,7 @@ from ..calibration.graph import excluded_nodes, load_onnx
 from ..calibration.methods import CalibrationOptions
 from ..calibration.quantize import Int8Recipe, ModelOptSession
 from ..calibration.search import MixedPrecision, best_effort_path, mixed_precision_int8, target_on
-from ..config import AccuracyTarget, SelectionOptions, Target
+from ..options import AccuracyTarget, SelectionOptions, Target
 from ..data import Dataset, Preprocess, first_images, open_dataset
 from ..engines import registry
 from ..engines.base import Runner
