@@ -28,7 +28,6 @@ from ..calibration.graph import excluded_nodes, load_onnx
 from ..calibration.methods import CalibrationOptions
 from ..calibration.quantize import Int8Recipe, ModelOptSession
 from ..calibration.search import MixedPrecision, best_effort_path, mixed_precision_int8, target_on
-from ..options import AccuracyTarget, SelectionOptions, Target
 from ..data import Dataset, Preprocess, first_images, open_dataset
 from ..engines import registry
 from ..engines.base import Runner
@@ -36,6 +35,7 @@ from ..engines.kind import EngineSettings, EngineSpec, ModelFile
 from ..engines.ort import exact_runner
 from ..errors import UserError
 from ..isa import CpuKind
+from ..options import AccuracyTarget, SelectionOptions, Target
 from ..progress import Progress
 from .benchmark import latency_cost
 from .validate import Accuracy, ReferenceOutputs, validate
