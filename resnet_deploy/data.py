@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import UserError
+from .files import signals_deferred
 from .options import parse_channel_values, parse_word
 
 # Same list and order as torchvision.datasets.folder.IMG_EXTENSIONS (plus .jfif), matched case-insensitively.
@@ -440,7 +441,10 @@ class ImageFolderDataset:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             for start in range(0, len(self.files), batch_size):
                 indices = range(start, min(start + batch_size, len(self.files)))
-                decoded = list(pool.map(lambda i: self._decode(i, transform), indices))
+                # Ctrl-C/SIGTERM waits for the batch: raised inside the pool's locking (threading.Condition.__enter__
+                # has taken its lock), it would leave that lock held, and the workers, then their join, wait forever.
+                with signals_deferred():
+                    decoded = list(pool.map(lambda i: self._decode(i, transform), indices))
                 keep = [(i, arr) for i, arr in zip(indices, decoded) if arr is not None]
                 if not keep:
                     continue

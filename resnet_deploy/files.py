@@ -113,7 +113,8 @@ def read_user_text(path: Path, label: str, hint: str) -> str:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back while a few renames run, then deliver them: never a half-done swap."""
+    """Hold SIGINT/SIGTERM back while a short block runs, then deliver them: never a half-done swap of renames, nor a
+    lock of a library's threads left held by a KeyboardInterrupt raised inside it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

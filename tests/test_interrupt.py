@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -191,3 +192,67 @@ def test_signals_deferred_delivers_after_the_block():
             received.append("block finished")
     assert received == ["block finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# Run in a child: without the fix this hangs (the loader's workers wait for a lock the main thread left held).
+_INTERRUPT_INSIDE_THE_POOL = r"""
+import faulthandler, signal, sys, threading
+from resnet_deploy.data import ImageFolderDataset, Preprocess
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+dataset = ImageFolderDataset.scan(sys.argv[1], Preprocess(input_size=(3, 32, 32)))
+list(dataset.iter_batches(4))  # imports done
+faulthandler.dump_traceback_later(90, exit=True)  # a hang: every thread's stack, exit 1
+ENTER = threading.Condition.__enter__.__code__
+outcomes = []
+for k in range(1, 200):  # Ctrl-C right after the k-th Condition.__enter__ of the main thread took its lock
+    entered = 0
+
+    def hook(frame, event, arg):
+        global entered
+        if event == "c_return" and frame.f_code is ENTER:
+            entered += 1
+            if entered == k:
+                sys.setprofile(None)
+                signal.raise_signal(signal.SIGINT)
+
+    sys.setprofile(hook)
+    try:
+        batches = sum(1 for _ in dataset.iter_batches(4))
+    except KeyboardInterrupt:
+        outcomes.append("interrupted")
+    else:
+        outcomes.append(f"{batches} batches")
+        break
+    finally:
+        sys.setprofile(None)
+    if threading.active_count() != 1:
+        sys.exit(f"after an interrupt at lock {k}: {threading.active_count() - 1} loader threads are still alive")
+print(" ".join(outcomes))
+"""
+
+
+def test_an_interrupt_inside_the_loaders_thread_pool_leaves_no_lock_held(tmp_path):
+    """Ctrl-C (or SIGTERM, the same handler) raised at each point where the main thread has just taken one of the
+    thread pool's locks (threading.Condition.__enter__, Python code, can be interrupted after its acquire): the
+    loader still stops and its threads end. Raised there, the lock stayed held and the build never exited."""
+    from PIL import Image
+
+    from .conftest import REPO
+
+    for i in range(8):
+        Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(tmp_path / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _INTERRUPT_INSIDE_THE_POOL, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("iter_batches hung after an interrupt inside the thread pool's locking")
+    assert proc.returncode == 0, proc.stderr  # a hang shows every thread's stack here
+    outcomes = proc.stdout.split()
+    assert outcomes[-2:] == ["2", "batches"] and outcomes.count("interrupted") >= 10, proc.stdout
