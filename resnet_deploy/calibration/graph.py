@@ -52,9 +52,17 @@ def shape_inferred(path: Path) -> bytes:
 
 @functools.lru_cache(maxsize=2)
 def _shape_inferred(path: str, *identity: int) -> bytes:
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+    # onnxruntime.quantization.quant_utils.load_model_with_shape_infer, in memory: it infers through a temporary
+    # file written beside the model (a second after the model's size in writes and reads on ResNet-50)
+    import onnx
+    from onnxruntime.quantization.quant_utils import add_infer_metadata, load_model_with_shape_infer
 
-    return load_model_with_shape_infer(Path(path)).SerializeToString()
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    except ValueError:  # a model over protobuf's 2 GB limit: only the file-based inference takes it
+        return load_model_with_shape_infer(Path(path)).SerializeToString()
+    add_infer_metadata(model)
+    return model.SerializeToString()
 
 
 def excluded_nodes(model, pattern: str | None) -> list[str]:
