@@ -123,7 +123,7 @@ def prepare(folder: Path, calib_images: int, threads: int, arch: str = ARCH, sha
     return model, folded, fp32, NpzDataset.open(folder / "calib.npz", shape, option="--calib-data")
 
 
-FLOOR = "one FP32 pass (the floor: the faster of one before and one after the INT8 step)"
+FLOOR = "one FP32 pass (the floor), the faster of one before and one after the INT8 step"
 WORKER = "ModelOpt worker start (its imports; the build starts it before folding)"
 STATISTICS = "statistics pass"
 BOTH = "quantize both targets (ranges given), the tensorrt one in the worker meanwhile, as the build does"
