@@ -111,6 +111,38 @@ def read_user_text(path: Path, label: str, hint: str) -> str:
         raise UserError(f"cannot read {label} ({exc.strerror}); check the path and its permissions") from None
 
 
+class InterruptHandler:
+    """SIGINT/SIGTERM -> KeyboardInterrupt, remembering that one came (`install` makes it the handler of both).
+
+    A KeyboardInterrupt can be lost in a library: one that catches every exception, or C code that clears the error
+    of a Python call it made (the signal's handler runs inside that call). The signal itself is not lost: this
+    handler saw it, and `raise_if_interrupted` raises it again where nothing may be published after an interrupt
+    (a staged output folder's final rename, a command's exit code). The record lives on the handler, not in a
+    module: the signal disposition is the process's state already.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls) -> "InterruptHandler":
+        handler = cls()
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, handler)
+        return handler
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if an installed InterruptHandler received a signal (even one whose exception was swallowed)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if isinstance(handler, InterruptHandler) and handler.received:
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM back while a short block runs, then deliver them: never a half-done swap of renames, nor a
@@ -173,6 +205,7 @@ def staged_output_dir(out: Path, force: bool, option: str = "--out") -> Iterator
         os.chmod(staging, 0o777 & ~_umask())
         try:
             yield staging
+            raise_if_interrupted()  # an interrupted build never publishes, whoever swallowed its KeyboardInterrupt
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
             try:
                 with signals_deferred():  # out is always the previous build or the new one, never neither

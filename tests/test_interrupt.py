@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from resnet_deploy.errors import UserError
+from resnet_deploy.files import InterruptHandler, staged_output_dir
 from resnet_deploy.files import signals_deferred as _signals_deferred
-from resnet_deploy.files import staged_output_dir
 
 from .conftest import BUILD_FILES, build_args, console_script
 
@@ -192,6 +192,61 @@ def test_signals_deferred_delivers_after_the_block():
             received.append("block finished")
     assert received == ["block finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.fixture
+def interrupt_handler():
+    """The console script's handler of SIGINT and SIGTERM, for one test."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield InterruptHandler.install()
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def _swallowed_interrupt(sig: signal.Signals = signal.SIGINT) -> None:
+    """The user's Ctrl-C arrives while a library runs, and the library loses its KeyboardInterrupt."""
+    try:
+        signal.raise_signal(sig)
+    except KeyboardInterrupt:
+        pass
+
+
+def test_an_interrupt_a_library_swallowed_still_stops_the_staged_output(tmp_path, interrupt_handler):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output_dir(out, force=False) as stage:
+            (stage / "a.txt").write_text("written before the interrupt")
+            _swallowed_interrupt(signal.SIGTERM)
+            (stage / "b.txt").write_text("written after it: the build went on")
+    assert interrupt_handler.received == [signal.SIGTERM]
+    assert not out.exists() and _leftovers(out) == []
+
+
+def test_an_interrupt_a_library_swallowed_still_exits_130(interrupt_handler):
+    import click
+    from click.testing import CliRunner
+
+    from resnet_deploy.cli.options import common
+
+    finished = []
+
+    @click.command()
+    @common
+    def command(progress) -> int:
+        _swallowed_interrupt()
+        finished.append(True)
+        return 0
+
+    result = CliRunner().invoke(command, ["--quiet"])
+    assert finished == [True]  # the command ran to its end: the exception was lost, the signal was not
+    assert result.exit_code == 130 and "interrupted: no output was left half written" in result.output
+
+
+def test_without_an_interrupt_nothing_is_raised(tmp_path, interrupt_handler):
+    out = tmp_path / "out"
+    with staged_output_dir(out, force=False) as stage:
+        (stage / "a.txt").write_text("complete")
+    assert (out / "a.txt").read_text() == "complete" and interrupt_handler.received == []
 
 
 # Run in a child: without the fix this hangs (the loader's workers wait for a lock the main thread left held).

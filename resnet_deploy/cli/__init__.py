@@ -7,11 +7,11 @@ thin: parse the options, call the pipeline, render what it returns; `options.com
 
 from __future__ import annotations
 
-import signal
 import warnings
 
 import click
 
+from ..files import InterruptHandler
 from . import build, check, quantize, serving, stages, validate
 
 
@@ -30,11 +30,7 @@ for command in (
 
 def main() -> None:
     """Console-script entry point: SIGTERM is handled like Ctrl-C, so outputs are cleaned up."""
-
-    def _terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    InterruptHandler.install()
     # PIL warns about damaged files (corrupt EXIF, images between 1x and 2x its pixel limit, ...): a file
     # the loader cannot use is skipped and counted with its reason in the report, so these are only noise.
     warnings.filterwarnings("ignore", module=r"PIL\.")

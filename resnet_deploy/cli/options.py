@@ -21,6 +21,7 @@ from .. import config
 from ..calibration.methods import CalibrationOptions
 from ..engines import registry
 from ..errors import ResnetDeployError, UserError
+from ..files import raise_if_interrupted
 from ..models import ModelOptions
 from ..options import AccuracyTarget, SelectionOptions, Setting
 
@@ -54,6 +55,7 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
         try:
             with progress:
                 code = fn(*args, progress=progress, **kwargs)
+            raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt a library swallowed still ends the run as one
         except ResnetDeployError as exc:
             if debug:
                 traceback.print_exc()
