@@ -122,6 +122,29 @@ def test_grid_stride_samples_about_samples_per_image_values():
 # ------------------------------------------------------------------------------------ the statistics
 
 
+def test_shape_inference_is_onnxruntimes_own(fp32_onnx, tmp_path):
+    """The shapes both the statistics pass and ONNX Runtime's quantizer start from (inferred without the weights'
+    values) give, with its metadata, the model quantize_static's load_model_with_shape_infer makes, byte for byte:
+    for our export (which has its value_info) and for the same graph without it (another exporter's)."""
+    import onnx
+    from onnxruntime.quantization.quant_utils import add_infer_metadata, load_model_with_shape_infer
+
+    from resnet_deploy.calibration.graph import SHAPE_DATA_BYTES, shape_inferred
+
+    exported = onnx.load(str(fp32_onnx.path))
+    assert sum(len(t.raw_data) > SHAPE_DATA_BYTES for t in exported.graph.initializer) >= 20  # values really set aside
+    bare = onnx.load(str(fp32_onnx.path))
+    del bare.graph.value_info[:]
+    onnx.save(bare, tmp_path / "bare.onnx")
+    shutil.copyfile(fp32_onnx.path, tmp_path / "exported.onnx")
+    for name in ("exported.onnx", "bare.onnx"):
+        ours = onnx.ModelProto.FromString(shape_inferred(tmp_path / name))
+        add_infer_metadata(ours)
+        reference = load_model_with_shape_infer(tmp_path / name)  # it writes a temporary file beside the model
+        assert len(reference.graph.value_info) >= len(exported.graph.value_info) - len(exported.graph.initializer), name
+        assert ours.SerializeToString() == reference.SerializeToString(), name
+
+
 def test_statistics_match_an_independent_pass(fp32_onnx, calib_dataset, calibration):
     """min/max and histogram of every measured tensor equal those of a plain ORT run with the tensor as an output,
     reduced and sampled in numpy (the first version of the pass: the in-graph statistics must not diverge from it)."""

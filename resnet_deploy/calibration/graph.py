@@ -41,28 +41,37 @@ def load_onnx(path: Path):
 
 
 def shape_inferred(path: Path) -> bytes:
-    """An FP32 ONNX with inferred shapes, serialized: what the statistics pass and ONNX Runtime's quantizer start from.
+    """An FP32 ONNX with inferred shapes, serialized: what the statistics pass and ONNX Runtime's quantizer start from
+    (the quantizer after `add_infer_metadata`: then it is its `load_model_with_shape_infer`'s model, byte for byte).
 
-    Shape inference is a fixed cost of both (about a second on ResNet-50), and a mixed-precision search or
-    `layers` quantizes the same file dozens of times: kept per file version (inode, size, mtime).
+    Shape inference is a fixed cost of both, and a mixed-precision search or `layers` quantizes the same file dozens
+    of times: kept per file version (inode, size, mtime).
     """
     stat = Path(path).stat()
     return _shape_inferred(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
+SHAPE_DATA_BYTES = 1024  # initializers up to this size keep their values for shape inference (shape constants)
+
+
 @functools.lru_cache(maxsize=2)
 def _shape_inferred(path: str, *identity: int) -> bytes:
-    # onnxruntime.quantization.quant_utils.load_model_with_shape_infer, in memory: it infers through a temporary
-    # file written beside the model (a second after the model's size in writes and reads on ResNet-50)
+    # onnx.shape_inference.infer_shapes, on the graph without its weights' values: it reads a weight's dims, never
+    # its values, so the result is the same, without serializing and parsing the weights (about 100 MB on
+    # ResNet-50) twice more inside the call; they are put back for the result.
     import onnx
-    from onnxruntime.quantization.quant_utils import add_infer_metadata, load_model_with_shape_infer
 
-    try:
-        model = onnx.shape_inference.infer_shapes(onnx.load(path))
-    except ValueError:  # a model over protobuf's 2 GB limit: only the file-based inference takes it
-        return load_model_with_shape_infer(Path(path)).SerializeToString()
-    add_infer_metadata(model)
-    return model.SerializeToString()
+    model = onnx.load(path)
+    values = {}
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) > SHAPE_DATA_BYTES:
+            values[tensor.name] = tensor.raw_data
+            tensor.ClearField("raw_data")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for tensor in inferred.graph.initializer:
+        if tensor.name in values:
+            tensor.raw_data = values[tensor.name]
+    return inferred.SerializeToString()
 
 
 def excluded_nodes(model, pattern: str | None) -> list[str]:

@@ -124,7 +124,7 @@ def _quantize_onnxruntime(
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
-    from onnxruntime.quantization.quant_utils import update_opset_version
+    from onnxruntime.quantization.quant_utils import add_infer_metadata, update_opset_version
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     ranges = TensorsData(
@@ -132,6 +132,7 @@ def _quantize_onnxruntime(
         {name: TensorData(lowest=np.float32(r.low), highest=np.float32(r.high)) for name, r in calibration.ranges.items()},
     )
     model = onnx.ModelProto.FromString(shape_inferred(source))
+    add_infer_metadata(model)  # as quantize_static's load_model_with_shape_infer
     model = update_opset_version(model, QuantType.QInt8)
     signed = weights is not OrtWeights.UINT8
     weight_type = QuantType.QInt8 if signed else QuantType.QUInt8
