@@ -222,6 +222,26 @@ def test_tensorrt_fast_path_writes_what_modelopts_quantize_writes(fp32_onnx, cal
     assert len(quantized) >= 15 and convs and not set(convs) & set(quantized)  # an excluded Conv reads no DQ
 
 
+def test_a_written_model_that_fails_the_checker_is_refused_inline_or_with_external_data(fp32_onnx, tmp_path):
+    from resnet_deploy.calibration.graph import checked_onnx
+    from resnet_deploy.errors import CheckFailed
+
+    good = onnx.load(str(fp32_onnx.path))
+    bad = onnx.load(str(fp32_onnx.path))
+    conv = next(n for n in bad.graph.node if n.op_type == "Conv")
+    conv.input.append("no_such_tensor")  # a fourth input: Conv takes at most three
+    for external in (False, True):
+        for name, model in (("good", good), ("bad", bad)):
+            path = tmp_path / f"{name}-{external}.onnx"
+            onnx.save(model, path, save_as_external_data=external, location=f"{path.name}.data", size_threshold=0)
+            if name == "good":
+                loaded = checked_onnx(path, "the model")
+                assert [n.name for n in loaded.graph.node] == [n.name for n in good.graph.node]
+            else:
+                with pytest.raises(CheckFailed, match="the model fails onnx.checker"):
+                    checked_onnx(path, "the model")
+
+
 # ---------------------------------------------------------------------- FP16 overflow and NaN/Inf
 
 
