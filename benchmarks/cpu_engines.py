@@ -24,10 +24,13 @@ cannot blur.
 
 Part 2, the INT8 quantize step with N calibration images (entropy), as the build runs it: our one
 statistics pass plus both quantizers (the tensorrt one in the ModelOpt worker process, which the build
-starts before folding, so its imports are timed apart), against one plain FP32 pass over the same images
-(the floor), against ModelOpt's own entropy calibration (`modelopt.onnx.quantization.quantize`, which
-calibrates inside ONNX Runtime's calibrator) and against NNCF's own quantization (`nncf.quantize`,
-min-max statistics plus fast bias correction), which part 1 runs. The goal: the whole INT8 step for both
+starts before folding, so its imports are timed apart, and which prepares its graph during the statistics
+pass), against one plain FP32 pass over the same images (the floor). Both sides are the faster of two: the
+INT8 step runs twice, each time from a new copy of the FP32 ONNX (nothing cached between them), and the floor
+is measured before and after it. Then each quantizer alone, from the start, and the peers: ModelOpt's own
+entropy calibration (`modelopt.onnx.quantization.quantize`, which calibrates inside ONNX Runtime's
+calibrator) and NNCF's own quantization (`nncf.quantize`, min-max statistics plus fast bias correction),
+which part 1 runs. The goal: the whole INT8 step for both
 targets at most 1.5x the floor and faster than NNCF. `--profile DIR` writes cProfile profiles of the
 statistics pass and of each quantizer (run again after the timed runs, so profiling slows no timing) as
 DIR/<step>.prof (for `python -m pstats`, snakeviz, ...) with the top functions in DIR/<step>.txt.
@@ -46,6 +49,7 @@ import io
 import multiprocessing
 import os
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -128,12 +132,13 @@ WORKER = "ModelOpt worker start (its imports; the build starts it before folding
 STATISTICS = "statistics pass"
 BOTH = "quantize both targets (ranges given), the tensorrt one in the worker meanwhile, as the build does"
 WHOLE = "the whole INT8 step: statistics + both targets"
+SLOWER_RUN = "the whole INT8 step in the slower of its two runs (not counted)"
 OWN_MODELOPT = "ModelOpt's own entropy calibration (tensorrt only)"
 NNCF = "NNCF's own quantization (OpenVINO IR, the peer)"
 
 
 def quantize_label(target: Target) -> str:
-    return f"quantize {target} alone (ranges given; after the above, so shape inference of the FP32 ONNX is cached)"
+    return f"quantize {target} alone (ranges given; all its own graph work included, nothing prepared or cached)"
 
 
 def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt: bool, profile: Path | None):
@@ -155,15 +160,13 @@ def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt:
         started = time.perf_counter()
         session.wait_ready()
         seconds[WORKER] = time.perf_counter() - started
-        started = time.perf_counter()
-        calibration = calibrate(fp32, CalibrationSet.draw(dataset, len(dataset), 0), CalibrationOptions(), threads)
-        seconds[STATISTICS] = time.perf_counter() - started
-        started = time.perf_counter()  # as the build makes them: the tensorrt target in the worker meanwhile
-        with tensorrt_int8_meanwhile(fp32, calibration, [], image, False, session) as tensorrt:
-            made = make_int8(fp32, calibration, Target.ONNXRUNTIME, [], image, Path(tmp))
-            write_int8(fp32, calibration, Target.ONNXRUNTIME, made, folder / "model.int8-onnxruntime.onnx", [])
-            write_int8(fp32, calibration, Target.TENSORRT, tensorrt.result(), folder / "model.int8-tensorrt.onnx", [])
-        seconds[BOTH] = time.perf_counter() - started
+        # The INT8 step twice, each from its own copy of the FP32 ONNX (a new file: nothing cached from the run
+        # before), the faster of the two counted, as for the floor.
+        runs = [int8_step(fp32, dataset, image, session, Path(tmp), folder, threads, run) for run in (1, 2)]
+        totals = [run[0][STATISTICS] + run[0][BOTH] for run in runs]
+        best = runs[totals.index(min(totals))]
+        seconds.update(best[0])
+        calibration = best[1]
         for target in Target:  # and each alone
             started = time.perf_counter()
             quantize_int8(fp32, calibration, target, Path(tmp) / f"alone-{target}.onnx", image, session=session)
@@ -172,6 +175,7 @@ def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt:
     # varies by 10-20% from run to run, and the faster one is the stricter floor for the ratios.
     seconds[FLOOR] = min(seconds[FLOOR], fp32_pass())
     seconds[WHOLE] = seconds[STATISTICS] + seconds[BOTH]
+    seconds[SLOWER_RUN] = max(totals)
     if profile is not None:
         profile_steps(fp32, dataset, calibration, image, folder, threads, profile)
     data = np.concatenate([b.images for b in dataset.iter_batches(64)])
@@ -195,6 +199,27 @@ def time_quantize_step(fp32, dataset, folder: Path, threads: int, with_modelopt:
     nncf_quantize(fp32.path, data, folder / NNCF_IR)
     seconds[NNCF] = time.perf_counter() - started
     return seconds
+
+
+def int8_step(fp32, dataset, image, session, tmp: Path, folder: Path, threads: int, run: int):
+    """({STATISTICS: s, BOTH: s}, calibration) of the INT8 step as the build runs it, on a fresh copy of the FP32 ONNX:
+    the worker prepares its graph during the statistics pass, then both quantizers, the tensorrt one meanwhile."""
+    source = tmp / f"run{run}" / fp32.path.name
+    source.parent.mkdir()
+    shutil.copyfile(fp32.path, source)
+    fp32 = replace(fp32, path=source)
+    seconds = {}
+    started = time.perf_counter()
+    session.prepare(fp32.path, fp32.input_name, [], image)
+    calibration = calibrate(fp32, CalibrationSet.draw(dataset, len(dataset), 0), CalibrationOptions(), threads)
+    seconds[STATISTICS] = time.perf_counter() - started
+    started = time.perf_counter()
+    with tensorrt_int8_meanwhile(fp32, calibration, [], image, False, session) as tensorrt:
+        made = make_int8(fp32, calibration, Target.ONNXRUNTIME, [], image, source.parent)
+        write_int8(fp32, calibration, Target.ONNXRUNTIME, made, folder / "model.int8-onnxruntime.onnx", [])
+        write_int8(fp32, calibration, Target.TENSORRT, tensorrt.result(), folder / "model.int8-tensorrt.onnx", [])
+    seconds[BOTH] = time.perf_counter() - started
+    return seconds, calibration
 
 
 def profile_steps(fp32, dataset, calibration, image: np.ndarray, folder: Path, threads: int, out: Path) -> None:
@@ -224,7 +249,7 @@ def profile_steps(fp32, dataset, calibration, image: np.ndarray, folder: Path, t
     steps = {
         "statistics": lambda: collect_statistics(fp32.path, fp32.input_name, dataset, threads),
         "quantize-onnxruntime": lambda: make_int8(fp32, calibration, Target.ONNXRUNTIME, excluded, image, work),
-        "quantize-tensorrt": lambda: modelopt_worker.quantize_job(job),
+        "quantize-tensorrt": lambda: modelopt_worker.quantize_job(job, modelopt_worker.PreparedGraphs()),  # unprepared
     }
     for name, step in steps.items():
         profiler = cProfile.Profile()
@@ -239,7 +264,7 @@ def profile_steps(fp32, dataset, calibration, image: np.ndarray, folder: Path, t
 def print_quantize_step(seconds: dict[str, float]) -> None:
     floor = seconds[FLOOR]
     for name, value in seconds.items():
-        ratio = f" ({value / floor:.2f}x the floor)" if name in (STATISTICS, WHOLE, OWN_MODELOPT, NNCF) else ""
+        ratio = f" ({value / floor:.2f}x the floor)" if name in (STATISTICS, WHOLE, SLOWER_RUN, OWN_MODELOPT, NNCF) else ""
         print(f"- {name}: {value:.1f} s{ratio}")
     whole, nncf = seconds[WHOLE], seconds[NNCF]
     met = whole <= GOAL * floor and whole < nncf

@@ -193,21 +193,23 @@ def test_tensorrt_fast_path_writes_what_modelopts_quantize_writes(fp32_onnx, cal
     before = (sha256_file(fp32_onnx.path), fp32_onnx.path.stat().st_mtime_ns)
     written = {}
     with ModelOptSession() as session:
-        for full in (True, False):
+        for way in ("full", "fast", "prepared"):  # the fast path without and with the graph prepared by an earlier job
+            if way == "prepared":
+                session.prepare(fp32_onnx.path, fp32_onnx.input_name, excluded, example)
             job = {
                 "onnx_path": str(fp32_onnx.path),
                 "cache": str(tmp_path / "calib.cache"),
                 "example": str(tmp_path / "example.npy"),
                 "input_name": fp32_onnx.input_name,
                 "nodes_to_exclude": [f"^{re.escape(name)}$" for name in excluded],
-                "output_path": str(tmp_path / f"full-{full}.onnx"),
-                "fp16_output_path": str(tmp_path / f"full-{full}.fp16.onnx"),
-                "full": full,
+                "output_path": str(tmp_path / f"{way}.onnx"),
+                "fp16_output_path": str(tmp_path / f"{way}.fp16.onnx"),
+                "full": way == "full",
             }
             session.run(job)
-            written[full] = (onnx.load(job["output_path"]), onnx.load(job["fp16_output_path"]))
+            written[way] = (onnx.load(job["output_path"]), onnx.load(job["fp16_output_path"]))
     assert (sha256_file(fp32_onnx.path), fp32_onnx.path.stat().st_mtime_ns) == before
-    for reference, fast in zip(written[True], written[False]):
+    for reference, fast in [*zip(written["full"], written["fast"]), *zip(written["full"], written["prepared"])]:
         assert [n.SerializeToString() for n in fast.graph.node] == [n.SerializeToString() for n in reference.graph.node]
         assert {i.name: i.SerializeToString() for i in fast.graph.initializer} == {
             i.name: i.SerializeToString() for i in reference.graph.initializer
@@ -217,7 +219,7 @@ def test_tensorrt_fast_path_writes_what_modelopts_quantize_writes(fp32_onnx, cal
                 v.SerializeToString() for v in getattr(reference.graph, field)
             ]
         assert fast.opset_import == reference.opset_import and fast.ir_version == reference.ir_version
-    quantized = quantized_nodes(written[False][0])
+    quantized = quantized_nodes(written["prepared"][0])
     convs = [n.name for n in source.graph.node if n.name in excluded and n.op_type == "Conv"]
     assert len(quantized) >= 15 and convs and not set(convs) & set(quantized)  # an excluded Conv reads no DQ
 

@@ -8,7 +8,9 @@ times). Each job writes the Q/DQ model with FP32 elsewhere at output_path and, w
 given, the same model with FP16 elsewhere: the step `quantize(high_precision_dtype="fp16")` runs at its
 end (`convert_to_f16` with I/O types kept), so nodes_to_exclude run in FP16 there. Each job gets one
 reply line on the original stdout: {"ok": true} or {"ok": false, "error": "<one line>"}. Everything else
-anything prints (Python or C code) goes to stderr, so the reply channel carries replies only.
+anything prints (Python or C code) goes to stderr, so the reply channel carries replies only. A `prepare` job
+(the graph fields of a later job and the example's shape) does that job's scale-independent part now, while
+the parent still calibrates (`Prepared`); its reply is always ok (a failure shows in the job itself).
 
 The scales are given (a TensorRT calibration cache), so ModelOpt's own calibration has nothing to do.
 `modelopt.onnx.quantization.quantize` runs it anyway (an ONNX Runtime session over the calibration
@@ -27,6 +29,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from .quantize import captured_output, conv_weight_overrides
 
@@ -66,33 +70,54 @@ def quantize_full(job: dict) -> None:
         )
 
 
-def quantize_with_scales(job: dict) -> bool:
-    """What `quantize_full` writes, without ModelOpt's calibration machinery; False (nothing written) for a
-    graph this path does not cover (MatMul nodes)."""
-    import numpy as np
+def job_key(job: dict) -> tuple:
+    """What a prepared graph depends on: the file's version, its input, the example's shape and the excluded nodes."""
+    stat = os.stat(job["onnx_path"])
+    shape = job.get("example_shape")
+    if shape is None:
+        import numpy as np
+
+        shape = np.load(job["example"], mmap_mode="r", allow_pickle=False).shape
+    return (
+        job["onnx_path"], stat.st_ino, stat.st_size, stat.st_mtime_ns, job["input_name"], tuple(shape),
+        tuple(job["nodes_to_exclude"]),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `quantize_with_scales` computes before it reads the scales, for one job key: the graph as ModelOpt
+    prepares it, the nodes it would quantize and its quantizer's options. A `prepare` job makes it while the parent
+    still calibrates; the quantize job with that key then only inserts the Q/DQ nodes with the scales."""
+
+    model: Any  # onnx.ModelProto, read only
+    inferred: bytes  # the shape-inferred model with ONNX Runtime's metadata, which QDQQuantizer takes (and changes)
+    node_inputs: dict[str, tuple[str, ...]]  # node name -> names of its input tensors
+    excluded: list[str]
+    candidates: frozenset[str]  # names of the nodes ModelOpt's int8 rules would quantize
+    no_quantize_inputs: list
+    options: dict  # ONNX Runtime quantizer options, TensorQuantOverrides included where they apply
+
+
+def prepare(job: dict) -> Prepared | None:
+    """The scale-independent part of `quantize_with_scales`; None for a graph that path does not cover (MatMul)."""
     import onnx
     import onnx_graphsurgeon as gs
     from modelopt.onnx import utils as mo_utils
     from modelopt.onnx.quantization import int8 as mo_int8
-    from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
     from modelopt.onnx.quantization.graph_utils import (
         find_nodes_from_convs_to_exclude,
         find_nodes_from_matmul_to_exclude,
         find_nodes_to_exclude,
-        get_concat_eliminated_tensors,
-        remove_partial_input_qdq,
     )
     from modelopt.onnx.quantization.ort_utils import configure_ort
-    from modelopt.onnx.quantization.qdq_utils import has_qdq_nodes, replace_scale_values
+    from modelopt.onnx.quantization.qdq_utils import has_qdq_nodes
     from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import add_infer_metadata
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     model = onnx.load(job["onnx_path"])
     if has_qdq_nodes(model) or any(node.op_type == "MatMul" for node in model.graph.node):
-        return False
+        return None
     # quantize._preprocess_onnx and trt_utils.load_onnx_model: topological order, IR <= 10, no stale value_info,
     # opset >= 19, every node named, no initializer shared between nodes
     graph = gs.import_onnx(model)
@@ -108,8 +133,8 @@ def quantize_with_scales(job: dict) -> bool:
     # int8.quantize: which nodes, with which options (configure_ort also patches ONNX Runtime's quantizer). Its GEMV
     # rule (a Gemm whose output has a dimension of 1 runs without Q/DQ) reads the shapes of the calibration data:
     # ModelOpt's own shape-inference variant of that rule, with the shape of the example, instead of an inference.
-    example = np.load(job["example"], mmap_mode="r", allow_pickle=False)
-    gemv = find_nodes_from_matmul_to_exclude(job["onnx_path"], calibration_shapes={job["input_name"]: list(example.shape)})
+    shape = list(job_key(job)[5])
+    gemv = find_nodes_from_matmul_to_exclude(job["onnx_path"], calibration_shapes={job["input_name"]: shape})
     graph = gs.import_onnx(model)
     graph.toposort()
     excluded = find_nodes_to_exclude(graph, [*job["nodes_to_exclude"], *gemv], None)
@@ -118,20 +143,54 @@ def quantize_with_scales(job: dict) -> bool:
         list({node.op for node in graph.nodes}), [], None, ["cpu"], False, [], None, None, "legacy"
     )
     nodes, no_quantize_inputs = mo_int8._find_nodes_to_quantize(graph, quantizable_types, excluded)
+    options["QDQDisableWeightAdjustForInt32Bias"] = True
+    if options.get("QDQOpTypePerChannelSupportToAxis", {}).get("Conv", 0) == 0:  # the axis conv_weight_overrides uses
+        options["TensorQuantOverrides"] = conv_weight_overrides(model, QuantType.QInt8, False)
+    # ort_patching._quantize_static's model: shapes inferred, ONNX Runtime's metadata
+    inferred = mo_utils.infer_shapes(model)
+    add_infer_metadata(inferred)
+    return Prepared(
+        model,
+        inferred.SerializeToString(),
+        {node.name: tuple(tensor.name for tensor in node.inputs) for node in graph.nodes},
+        excluded,
+        frozenset(node.name for node in nodes),
+        no_quantize_inputs,
+        options,
+    )
+
+
+def quantize_with_scales(job: dict, prepared: Prepared | None = None) -> bool:
+    """What `quantize_full` writes, without ModelOpt's calibration machinery, from `prepared` (made for this job's
+    key) or prepared now; False (nothing written) for a graph this path does not cover (MatMul nodes)."""
+    import copy
+
+    import numpy as np
+    import onnx
+    import onnx_graphsurgeon as gs
+    from modelopt.onnx import utils as mo_utils
+    from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
+    from modelopt.onnx.quantization.graph_utils import get_concat_eliminated_tensors, remove_partial_input_qdq
+    from modelopt.onnx.quantization.qdq_utils import replace_scale_values
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    prepared = prepared or prepare(job)
+    if prepared is None:
+        return False
+    model = prepared.model
     scales = import_scales_from_calib_cache(job["cache"])
-    cached = [name.replace("_scale", "") for name in scales]  # as int8.quantize reads the cache's names
-    with_scales = {node.name for node in graph.nodes for tensor in node.inputs if tensor.name in cached}
-    selected = [name for name in {node.name for node in nodes} & with_scales if name not in excluded]
+    cached = {name.replace("_scale", "") for name in scales}  # as int8.quantize reads the cache's names
+    with_scales = {name for name, inputs in prepared.node_inputs.items() if any(t in cached for t in inputs)}
+    selected = [name for name in prepared.candidates & with_scales if name not in prepared.excluded]
     if selected:
+        options = copy.deepcopy(prepared.options)
         groups = get_concat_eliminated_tensors(model, selected)
         if groups:
             options["group_qdq_tensors"] = groups
-        options["QDQDisableWeightAdjustForInt32Bias"] = True
-        if options.get("QDQOpTypePerChannelSupportToAxis", {}).get("Conv", 0) == 0:  # the axis conv_weight_overrides uses
-            options["TensorQuantOverrides"] = conv_weight_overrides(model, QuantType.QInt8, False)
         # ort_patching._quantize_static with the ranges its calibrator would measure: symmetric, from the cache
-        inferred = mo_utils.infer_shapes(model)
-        add_infer_metadata(inferred)
         ranges = TensorsData(
             CalibrationMethod.MinMax,
             {
@@ -140,43 +199,75 @@ def quantize_with_scales(job: dict) -> bool:
             },
         )
         quantizer = QDQQuantizer(
-            inferred,
+            onnx.ModelProto.FromString(prepared.inferred),
             True,  # per_channel
             False,  # reduce_range
             QuantType.QInt8,  # weights
             QuantType.QInt8,  # activations
             ranges,
             selected,
-            excluded,
+            list(prepared.excluded),
             list(set(QLinearOpsRegistry) | set(QDQRegistry)),
             options,
         )
         quantizer.quantize_model()
         quantizer.model.topological_sort()  # as ONNXModel.save_model_to_file does before writing it
         graph = gs.import_onnx(quantizer.model.model)
-        remove_partial_input_qdq(graph, no_quantize_inputs)
+        remove_partial_input_qdq(graph, prepared.no_quantize_inputs)
         model = gs.export_onnx(graph)
         replace_scale_values(model.graph, scales)
     mo_utils.save_onnx(model, job["output_path"])
     return True
 
 
-def _with_scales_if_possible(job: dict) -> bool:
+class PreparedGraphs:
+    """The graphs `prepare` jobs made, by job key: the last few (a mixed-precision search quantizes one model with
+    many different excluded nodes, each key once)."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._by_key: dict[tuple, Prepared | None] = {}
+
+    def prepare(self, job: dict) -> None:
+        key = job_key(job)
+        self._by_key.pop(key, None)
+        self._by_key[key] = prepare(job)
+        while len(self._by_key) > self.size:
+            self._by_key.pop(next(iter(self._by_key)))
+
+    def quantize(self, job: dict) -> bool:
+        key = job_key(job)
+        if key in self._by_key and self._by_key[key] is None:
+            return False  # prepared already: a graph quantize_with_scales does not cover
+        return quantize_with_scales(job, self._by_key.get(key))
+
+
+def _with_scales_if_possible(job: dict, graphs: PreparedGraphs) -> bool:
     """`quantize_with_scales`, or False when this ModelOpt lacks the functions it calls (constraints.txt pins the
     version the equivalence test checks; another version takes the full path instead of failing)."""
     try:
-        return quantize_with_scales(job)
+        return graphs.quantize(job)
     except (ImportError, AttributeError):
         return False
 
 
-def quantize_job(job: dict) -> dict:
+def prepare_job(job: dict, graphs: PreparedGraphs) -> dict:
+    """Always ok: a graph that cannot be prepared is prepared again by its quantize job, which reports why."""
+    with captured_output():
+        try:
+            graphs.prepare(job)
+        except Exception:  # noqa: BLE001, S110 - the quantize job meets the same problem and says it
+            pass
+    return {"ok": True}
+
+
+def quantize_job(job: dict, graphs: PreparedGraphs) -> dict:
     with captured_output() as log:
         try:
             import onnx
             from modelopt.onnx.autocast import convert_to_f16
 
-            if job.get("full") or not _with_scales_if_possible(job):
+            if job.get("full") or not _with_scales_if_possible(job, graphs):
                 quantize_full(job)
             if job.get("fp16_output_path"):
                 model = onnx.load(job["output_path"])
@@ -195,11 +286,17 @@ def main() -> int:
         failed = None
     except Exception as exc:  # noqa: BLE001 - every job then says why
         failed = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+    graphs = PreparedGraphs()
     for line in sys.stdin:
         if not line.strip():
             continue
         job = json.loads(line)
-        reply = failed or ({"ok": True} if job.get("ping") else quantize_job(job))
+        if failed or job.get("ping"):
+            reply = failed or {"ok": True}
+        elif job.get("prepare"):
+            reply = prepare_job(job, graphs)
+        else:
+            reply = quantize_job(job, graphs)
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
     return 0

@@ -279,6 +279,7 @@ class ModelOptSession:
     def __init__(self) -> None:
         self._process: subprocess.Popen | None = None
         self._log = None
+        self._unread = 0  # replies of jobs sent without waiting (prepare)
 
     def __enter__(self) -> "ModelOptSession":
         self._log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # a file: never blocks the child
@@ -309,25 +310,48 @@ class ModelOptSession:
         """Return once the worker has imported ModelOpt (it starts doing so when the session opens)."""
         self.run({"ping": True})
 
+    def prepare(self, source: Path, input_name: str, excluded: Sequence[str], example: np.ndarray) -> None:
+        """Have the worker prepare now what a later job for this model does before it reads the scales (ModelOpt's
+        graph preparation, the nodes to quantize, shape inference): it runs while the caller calibrates."""
+        self._send({"prepare": True, **_graph_job(source, input_name, excluded), "example_shape": [1, *example.shape[1:]]})
+        self._unread += 1
+
     def run(self, job: dict) -> None:
+        self._send(job)
+        for _ in range(self._unread):  # a prepare job's reply is always ok
+            self._reply()
+        self._unread = 0
+        reply = self._reply()
+        if not reply.get("ok"):
+            raise CheckFailed(f"ModelOpt INT8 quantization failed: {reply.get('error')}")
+
+    def _send(self, job: dict) -> None:
         if self._process is None:
             raise RuntimeError("ModelOptSession is not active: use it inside a `with` block")
-        try:
+        with contextlib.suppress(OSError):  # a worker that ended: _reply says so
             self._process.stdin.write(json.dumps(job) + "\n")
             self._process.stdin.flush()
+
+    def _reply(self) -> dict:
+        try:
             line = self._process.stdout.readline()
         except OSError:
             line = ""
         if not line:
             raise CheckFailed(f"ModelOpt INT8 quantization failed: its worker process ended ({self._last_log_line()})")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise CheckFailed(f"ModelOpt INT8 quantization failed: {reply.get('error')}")
+        return json.loads(line)
 
     def _last_log_line(self) -> str:
         self._log.seek(0)
         lines = [line for line in self._log.read().splitlines() if line.strip()]
         return lines[-1][:300] if lines else f"exit code {self._process.poll()}"
+
+
+def _graph_job(source: Path, input_name: str, excluded: Sequence[str]) -> dict:
+    """The fields of a worker job that name its graph (a prepare job and its quantize job share them)."""
+    # ModelOpt reads each entry as a regex matched with re.match (a prefix match): 'node_conv2d_1' would also
+    # exclude node_conv2d_10..19. Exact names only.
+    return {"onnx_path": str(source), "input_name": input_name, "nodes_to_exclude": [f"^{re.escape(n)}$" for n in excluded]}
 
 
 def _quantize_tensorrt(
@@ -344,13 +368,9 @@ def _quantize_tensorrt(
 
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-modelopt-") as tmp:
         job = {
-            "onnx_path": str(source),
+            **_graph_job(source, input_name, excluded),
             "cache": str(Path(tmp) / "calib.cache"),
             "example": str(Path(tmp) / "example.npy"),
-            "input_name": input_name,
-            # ModelOpt reads each entry as a regex matched with re.match (a prefix match): 'node_conv2d_1'
-            # would also exclude node_conv2d_10..19. Exact names only.
-            "nodes_to_exclude": [f"^{re.escape(name)}$" for name in excluded],
             "output_path": str(Path(tmp) / "model.onnx"),
             "fp16_output_path": str(Path(tmp) / "model.fp16.onnx") if "fp16" in outputs else None,
         }

@@ -125,20 +125,25 @@ def _reduced_precision_in(
 ) -> ReducedPrecision:
     options = config.calibration
     fixed = fixed_nodes(fp32, options)  # a pattern matching nothing fails early
+    # the tensorrt-target model, made in the ModelOpt worker while the others are made here; its graph work first,
+    # during the calibration
+    in_worker = Precision.INT8 in config.precisions and config.accuracy_target is None and modelopt is not None
+    meanwhile = None
+    if in_worker:
+        modelopt.prepare(fp32.path, fp32.input_name, fixed, images.example)
     with timer("calibrate"):
         calibrated = calibrate_model(fp32, images, options, fixed, stage / CALIB_NAME, config.threads, progress)
     calibration = calibrated.calibration
     result = ReducedPrecision([], [], calibration)
+    if in_worker:
+        twin = Precision.FP16 in config.precisions  # started before the FP16 conversion, which runs meanwhile too
+        meanwhile = stack.enter_context(tensorrt_int8_meanwhile(fp32, calibration, fixed, images.example, twin, modelopt))
     if Precision.FP16 in config.precisions:
         with timer("fp16"):
             result.made.append(convert_fp16(fp32, calibration, stage / FP16_NAME, options.exclude_layers))
         progress.log(f"FP16: {result.made[-1].details['fp16']['fp16_nodes']} nodes in FP16 -> {FP16_NAME}")
     if Precision.INT8 not in config.precisions:
         return result
-    meanwhile = None  # the tensorrt-target model, made in the ModelOpt worker while the others are made here
-    if config.accuracy_target is None and modelopt is not None:
-        twin = Precision.FP16 in config.precisions
-        meanwhile = stack.enter_context(tensorrt_int8_meanwhile(fp32, calibration, fixed, images.example, twin, modelopt))
     for target in config.targets:
         # TensorRT gets FP16 between the quantized layers (and in the nodes a search leaves out) when FP16 is asked
         # or an accuracy target is set; ONNX Runtime's CPU EP cannot run such a graph exactly, so it validates the
