@@ -1,4 +1,5 @@
-"""Leaf helpers for files: hashing, atomic writes, reading a user's text, staged output folders.
+"""Leaf helpers for files: hashing, atomic writes, reading a user's text, staged output folders, and the interrupt
+handling they rely on (signals held back over a short block, interrupts recorded, waits that stay interruptible).
 
 Every file is written atomically (a temporary file in the same folder, then a rename), so an
 interrupted run never leaves a half-written file under its final name.
@@ -6,6 +7,7 @@ interrupted run never leaves a half-written file under its final name.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -160,6 +162,18 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         for s in received[:1]:
             signal.raise_signal(s)
+
+
+def future_result(future: concurrent.futures.Future, poll: float = 0.1) -> Any:
+    """`future.result()` for the main thread, still interruptible: SIGINT/SIGTERM land between short waits, never
+    inside the Future's locking. A KeyboardInterrupt raised there (right after `threading.Condition.__enter__`
+    took its lock) leaves the lock held: the worker can then never report, and the executor's shutdown waits for
+    it for ever (the hang data.py's loader had)."""
+    while True:
+        with signals_deferred():
+            done, _ = concurrent.futures.wait([future], timeout=poll)
+            if done:
+                return future.result()
 
 
 @contextlib.contextmanager

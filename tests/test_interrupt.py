@@ -311,3 +311,65 @@ def test_an_interrupt_inside_the_loaders_thread_pool_leaves_no_lock_held(tmp_pat
     assert proc.returncode == 0, proc.stderr  # a hang shows every thread's stack here
     outcomes = proc.stdout.split()
     assert outcomes[-2:] == ["2", "batches"] and outcomes.count("interrupted") >= 10, proc.stdout
+
+
+# The same for a Future the main thread waits for (the tensorrt-target model made in a thread meanwhile).
+_INTERRUPT_INSIDE_A_FUTURE_WAIT = r"""
+import faulthandler, signal, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from resnet_deploy.files import future_result
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+wait = future_result if sys.argv[1] == "future_result" else (lambda future: future.result())
+faulthandler.dump_traceback_later(float(sys.argv[2]), exit=True)  # a hang: every thread's stack, exit 1
+ENTER = threading.Condition.__enter__.__code__
+outcomes = []
+for k in range(1, 200):  # Ctrl-C right after the k-th Condition.__enter__ of the main thread took its lock
+    entered = 0
+
+    def hook(frame, event, arg):
+        global entered
+        if event == "c_return" and frame.f_code is ENTER:
+            entered += 1
+            if entered == k:
+                sys.setprofile(None)
+                signal.raise_signal(signal.SIGINT)
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(time.sleep, 0.25)
+            sys.setprofile(hook)
+            try:
+                wait(future)
+            finally:
+                sys.setprofile(None)
+    except KeyboardInterrupt:
+        outcomes.append("interrupted")
+    else:
+        outcomes.append("done")
+        break
+    if threading.active_count() != 1:
+        sys.exit(f"after an interrupt at lock {k}: {threading.active_count() - 1} pool threads are still alive")
+print(" ".join(outcomes))
+"""
+
+
+def test_an_interrupt_while_waiting_for_a_future_leaves_no_lock_held():
+    """Ctrl-C at each point where the main thread, waiting for a Future (files.future_result), has just taken one
+    of its locks: the wait stops and the pool's thread ends. Future.result() itself hangs there."""
+    from .conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _INTERRUPT_INSIDE_A_FUTURE_WAIT, "future_result", "90"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("future_result hung after an interrupt inside the Future's locking")
+    assert proc.returncode == 0, proc.stderr  # a hang shows every thread's stack here
+    outcomes = proc.stdout.split()
+    assert outcomes[-1] == "done" and outcomes.count("interrupted") >= 5, proc.stdout  # 7 lock points here

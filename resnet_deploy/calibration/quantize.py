@@ -41,6 +41,7 @@ import numpy as np
 
 from ..artifacts import OnnxArtifact, write_artifact
 from ..errors import CheckFailed
+from ..files import future_result, signals_deferred
 from ..isa import CpuKind, host_isa
 from ..options import Target
 from .calibrate import Calibration
@@ -463,6 +464,16 @@ def make_int8(
     return made
 
 
+@dataclass(frozen=True)
+class Meanwhile:
+    """Files being made in another thread; `result()` waits for them, and a Ctrl-C still stops the wait."""
+
+    future: concurrent.futures.Future
+
+    def result(self) -> dict[str, Path]:
+        return future_result(self.future)
+
+
 @contextlib.contextmanager
 def tensorrt_int8_meanwhile(
     fp32: OnnxArtifact,
@@ -471,16 +482,19 @@ def tensorrt_int8_meanwhile(
     example: np.ndarray,
     fp16: bool,
     session: ModelOptSession,
-) -> Iterator[concurrent.futures.Future]:
-    """`make_int8` for the tensorrt target, started now: a Future of its files (in a folder that lives as long as the
-    block). The ModelOpt worker process does the work, so the caller's thread makes the onnxruntime-target model
-    meanwhile (both quantizers are single-threaded Python: on two cores the pair costs about the longer one)."""
+) -> Iterator[Meanwhile]:
+    """`make_int8` for the tensorrt target, started now: its files when `result()` is called (in a folder that lives
+    as long as the block). The ModelOpt worker process does the work, so the caller's thread makes the
+    onnxruntime-target model meanwhile (both quantizers are single-threaded Python: on two cores the pair costs
+    about the longer one)."""
     with (
         tempfile.TemporaryDirectory(prefix="resnet-deploy-int8-") as tmp,
         concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="modelopt") as pool,
     ):
         _ = calibration.ranges  # computed here, not by both threads at once
-        yield pool.submit(make_int8, fp32, calibration, Target.TENSORRT, excluded, example, Path(tmp), fp16, session)
+        with signals_deferred():  # never a Ctrl-C inside the executor's locking (see files.future_result)
+            future = pool.submit(make_int8, fp32, calibration, Target.TENSORRT, excluded, example, Path(tmp), fp16, session)
+        yield Meanwhile(future)
 
 
 def write_int8(
