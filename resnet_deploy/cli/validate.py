@@ -121,8 +121,8 @@ def validate(
     **options,
 ) -> int:
     """Accuracy of engines against the PyTorch reference (and labels, when the data has them)."""
+    from ..engines import registry
     from ..engines.ort import describe_onnx, exact_runner, onnx_input_shape
-    from ..engines.pytorch import PyTorchRunner
     from ..files import write_json_atomic
     from ..isa import host_isa
     from ..pipeline.kernels import broken_model, kernel_loss, made_for_cpu
@@ -145,8 +145,8 @@ def validate(
         if precision != "fp32"
     }
     accuracies = validate_all(
-        PyTorchRunner(model.module, threads=threads), [*runners, *exact.values()], dataset, model.num_classes, batch_size,
-        progress,
+        registry.reference_runner(model.module, weights, threads), [*runners, *exact.values()], dataset,
+        model.num_classes, batch_size, progress,
     )  # fmt: skip
     accuracies, exact_accuracies = accuracies[: len(runners)], dict(zip(exact, accuracies[len(runners) :]))
     host = host_isa()
@@ -211,7 +211,7 @@ def bench(
     import numpy as np
 
     from ..data import Preprocess, first_images, open_dataset
-    from ..engines.pytorch import PyTorchRunner
+    from ..engines import registry
     from ..files import write_json_atomic
     from ..models import ModelOptions
     from ..pipeline.benchmark import benchmark_all
@@ -227,7 +227,7 @@ def bench(
     if weights is not None:
         model = load_reference(arch, weights, None, "x".join(map(str, shape)), model_and_engine_options)
         log_model(progress, model)
-        runners.insert(0, PyTorchRunner(model.module, threads=threads))
+        runners.insert(0, registry.reference_runner(model.module, weights, threads))
         preprocess = preprocess or model.preprocess
     if data is not None:
         given = ModelOptions.from_values(model_and_engine_options).preprocess.given()  # --mean, ... override the recorded ones

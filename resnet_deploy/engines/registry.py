@@ -13,7 +13,7 @@ from .base import Runner
 from .kind import EngineKind, EngineSettings, EngineSpec, Model, ModelFile
 from .openvino import OpenVINOKind
 from .ort import OnnxRuntimeKind, describe_onnx
-from .pytorch import PyTorchKind
+from .pytorch import PyTorchKind, PyTorchOptions
 from .trt import TensorRTKind
 
 KINDS: tuple[EngineKind, ...] = (
@@ -46,3 +46,10 @@ def read_model(path: Path) -> ModelFile:
     """An ONNX file and what it is: precision and target from its sidecar, else from its graph."""
     precision, target = describe_onnx(path)
     return ModelFile(Path(path), precision, target)
+
+
+def reference_runner(module, weights: Path, threads: int | None = None) -> Runner:
+    """The PyTorch reference every engine is compared with (pytorch-fp32): `module`, loaded from `weights` (its spec
+    carries the module: the reference runs no file). The build, validate and bench take it from here."""
+    settings = EngineSettings(("pytorch",), threads=threads, options=(PyTorchOptions(module),))
+    return runner(kind("pytorch").spec(ModelFile(Path(weights), "fp32"), settings))

@@ -20,9 +20,7 @@ from ..config import BuildConfig, Precision, Target
 from ..data import Dataset, ImageFolderDataset, SkipSummary, check_labels, first_images, open_dataset
 from ..engines import registry
 from ..engines.base import Runner
-from ..engines.kind import EngineSettings, ModelFile
 from ..engines.ort import exact_runner
-from ..engines.pytorch import PyTorchOptions
 from ..files import staged_output_dir
 from ..isa import host_isa
 from ..isa import mismatch as cpu_mismatch
@@ -327,8 +325,7 @@ def build(config: BuildConfig, progress: Progress = Progress()) -> Report:
 def _reference_runner(model: LoadedModel, config: BuildConfig) -> Runner:
     """The registry's PyTorch reference (pytorch-fp32): the loaded module, from --weights, that every engine is
     compared with (its spec carries the module: the reference runs no file)."""
-    settings = EngineSettings(("pytorch",), threads=config.threads, options=(PyTorchOptions(model.module),))
-    return registry.runner(registry.kind("pytorch").spec(ModelFile(Path(config.weights), "fp32"), settings))
+    return registry.reference_runner(model.module, config.weights, config.threads)
 
 
 def _judge_against_exact(specs: list[PlannedEngine], results: list[EngineResult], exact: dict[str, Accuracy]) -> list[str]:
