@@ -249,29 +249,45 @@ def test_without_an_interrupt_nothing_is_raised(tmp_path, interrupt_handler):
     assert (out / "a.txt").read_text() == "complete" and interrupt_handler.received == []
 
 
-# Run in a child: without the fix this hangs (the loader's workers wait for a lock the main thread left held).
-_INTERRUPT_INSIDE_THE_POOL = r"""
-import faulthandler, signal, sys, threading
-from resnet_deploy.data import ImageFolderDataset, Preprocess
+# Children that interrupt themselves at every lock point in turn. Without the fixes they hang (a worker waits for a lock
+# the main thread left held); faulthandler then prints every thread's stack and exits 1.
+_AT_EACH_LOCK_POINT = r"""
+import faulthandler, signal, sys, threading, time
 
 signal.signal(signal.SIGINT, signal.default_int_handler)
-dataset = ImageFolderDataset.scan(sys.argv[1], Preprocess(input_size=(3, 32, 32)))
-list(dataset.iter_batches(4))  # imports done
-faulthandler.dump_traceback_later(90, exit=True)  # a hang: every thread's stack, exit 1
 ENTER = threading.Condition.__enter__.__code__
-outcomes = []
-for k in range(1, 200):  # Ctrl-C right after the k-th Condition.__enter__ of the main thread took its lock
+
+
+def interrupt_at(k):  # a profile hook: Ctrl-C right after the k-th Condition.__enter__ of this thread took its lock
     entered = 0
 
     def hook(frame, event, arg):
-        global entered
+        nonlocal entered
         if event == "c_return" and frame.f_code is ENTER:
             entered += 1
             if entered == k:
                 sys.setprofile(None)
                 signal.raise_signal(signal.SIGINT)
 
-    sys.setprofile(hook)
+    return hook
+
+
+def check_threads_ended(k):
+    if threading.active_count() != 1:
+        sys.exit(f"after an interrupt at lock {k}: {threading.active_count() - 1} pool threads are still alive")
+"""
+
+_INTERRUPT_INSIDE_THE_POOL = (
+    _AT_EACH_LOCK_POINT
+    + r"""
+from resnet_deploy.data import ImageFolderDataset, Preprocess
+
+dataset = ImageFolderDataset.scan(sys.argv[1], Preprocess(input_size=(3, 32, 32)))
+list(dataset.iter_batches(4))  # imports done
+faulthandler.dump_traceback_later(90, exit=True)
+outcomes = []
+for k in range(1, 200):
+    sys.setprofile(interrupt_at(k))
     try:
         batches = sum(1 for _ in dataset.iter_batches(4))
     except KeyboardInterrupt:
@@ -281,64 +297,27 @@ for k in range(1, 200):  # Ctrl-C right after the k-th Condition.__enter__ of th
         break
     finally:
         sys.setprofile(None)
-    if threading.active_count() != 1:
-        sys.exit(f"after an interrupt at lock {k}: {threading.active_count() - 1} loader threads are still alive")
+    check_threads_ended(k)
 print(" ".join(outcomes))
 """
+)
 
-
-def test_an_interrupt_inside_the_loaders_thread_pool_leaves_no_lock_held(tmp_path):
-    """Ctrl-C (or SIGTERM, the same handler) raised at each point where the main thread has just taken one of the
-    thread pool's locks (threading.Condition.__enter__, Python code, can be interrupted after its acquire): the
-    loader still stops and its threads end. Raised there, the lock stayed held and the build never exited."""
-    from PIL import Image
-
-    from .conftest import REPO
-
-    for i in range(8):
-        Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(tmp_path / f"{i}.png")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _INTERRUPT_INSIDE_THE_POOL, str(tmp_path)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=180,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("iter_batches hung after an interrupt inside the thread pool's locking")
-    assert proc.returncode == 0, proc.stderr  # a hang shows every thread's stack here
-    outcomes = proc.stdout.split()
-    assert outcomes[-2:] == ["2", "batches"] and outcomes.count("interrupted") >= 10, proc.stdout
-
-
-# The same for a Future the main thread waits for (the tensorrt-target model made in a thread meanwhile).
-_INTERRUPT_INSIDE_A_FUTURE_WAIT = r"""
-import faulthandler, signal, sys, threading, time
+# The same for a Future the main thread waits for (the tensorrt-target model made in a thread meanwhile); with
+# "plain" as its argument, Future.result() instead of files.future_result (it hangs).
+_INTERRUPT_INSIDE_A_FUTURE_WAIT = (
+    _AT_EACH_LOCK_POINT
+    + r"""
 from concurrent.futures import ThreadPoolExecutor
 from resnet_deploy.files import future_result
 
-signal.signal(signal.SIGINT, signal.default_int_handler)
-wait = future_result if sys.argv[1] == "future_result" else (lambda future: future.result())
-faulthandler.dump_traceback_later(float(sys.argv[2]), exit=True)  # a hang: every thread's stack, exit 1
-ENTER = threading.Condition.__enter__.__code__
+wait = (lambda future: future.result()) if sys.argv[1:] == ["plain"] else future_result
+faulthandler.dump_traceback_later(90, exit=True)
 outcomes = []
-for k in range(1, 200):  # Ctrl-C right after the k-th Condition.__enter__ of the main thread took its lock
-    entered = 0
-
-    def hook(frame, event, arg):
-        global entered
-        if event == "c_return" and frame.f_code is ENTER:
-            entered += 1
-            if entered == k:
-                sys.setprofile(None)
-                signal.raise_signal(signal.SIGINT)
-
+for k in range(1, 200):
     try:
         with ThreadPoolExecutor(1) as pool:
             future = pool.submit(time.sleep, 0.25)
-            sys.setprofile(hook)
+            sys.setprofile(interrupt_at(k))
             try:
                 wait(future)
             finally:
@@ -348,28 +327,43 @@ for k in range(1, 200):  # Ctrl-C right after the k-th Condition.__enter__ of th
     else:
         outcomes.append("done")
         break
-    if threading.active_count() != 1:
-        sys.exit(f"after an interrupt at lock {k}: {threading.active_count() - 1} pool threads are still alive")
+    check_threads_ended(k)
 print(" ".join(outcomes))
 """
+)
+
+
+def _interrupting_child(script: str, *args: str, hung: str) -> list[str]:
+    """Run one of the scripts above in a child; its outcomes, one per lock point interrupted."""
+    from .conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail(hung)
+    assert proc.returncode == 0, proc.stderr  # a hang shows every thread's stack here
+    return proc.stdout.split()
+
+
+def test_an_interrupt_inside_the_loaders_thread_pool_leaves_no_lock_held(tmp_path):
+    """Ctrl-C (or SIGTERM, the same handler) raised at each point where the main thread has just taken one of the
+    thread pool's locks (threading.Condition.__enter__, Python code, can be interrupted after its acquire): the
+    loader still stops and its threads end. Raised there, the lock stayed held and the build never exited."""
+    from PIL import Image
+
+    for i in range(8):
+        Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(tmp_path / f"{i}.png")
+    outcomes = _interrupting_child(
+        _INTERRUPT_INSIDE_THE_POOL, str(tmp_path), hung="iter_batches hung after an interrupt inside the pool's locking"
+    )
+    assert outcomes[-2:] == ["2", "batches"] and outcomes.count("interrupted") >= 10, outcomes
 
 
 def test_an_interrupt_while_waiting_for_a_future_leaves_no_lock_held():
     """Ctrl-C at each point where the main thread, waiting for a Future (files.future_result), has just taken one
     of its locks: the wait stops and the pool's thread ends. Future.result() itself hangs there."""
-    from .conftest import REPO
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _INTERRUPT_INSIDE_A_FUTURE_WAIT, "future_result", "90"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=180,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("future_result hung after an interrupt inside the Future's locking")
-    assert proc.returncode == 0, proc.stderr  # a hang shows every thread's stack here
-    outcomes = proc.stdout.split()
-    assert outcomes[-1] == "done" and outcomes.count("interrupted") >= 5, proc.stdout  # 7 lock points here
+    outcomes = _interrupting_child(
+        _INTERRUPT_INSIDE_A_FUTURE_WAIT, hung="future_result hung after an interrupt inside the Future's locking"
+    )
+    assert outcomes[-1] == "done" and outcomes.count("interrupted") >= 5, outcomes  # 7 lock points here
