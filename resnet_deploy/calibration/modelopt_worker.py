@@ -70,16 +70,20 @@ def quantize_full(job: dict) -> None:
         )
 
 
+def example_shape(job: dict) -> tuple[int, ...]:
+    """The example image's shape: given by a prepare job, read from the example file by a quantize job."""
+    if "example_shape" in job:
+        return tuple(job["example_shape"])
+    import numpy as np
+
+    return np.load(job["example"], mmap_mode="r", allow_pickle=False).shape
+
+
 def job_key(job: dict) -> tuple:
     """What a prepared graph depends on: the file's version, its input, the example's shape and the excluded nodes."""
     stat = os.stat(job["onnx_path"])
-    shape = job.get("example_shape")
-    if shape is None:
-        import numpy as np
-
-        shape = np.load(job["example"], mmap_mode="r", allow_pickle=False).shape
     return (
-        job["onnx_path"], stat.st_ino, stat.st_size, stat.st_mtime_ns, job["input_name"], tuple(shape),
+        job["onnx_path"], stat.st_ino, stat.st_size, stat.st_mtime_ns, job["input_name"], example_shape(job),
         tuple(job["nodes_to_exclude"]),
     )  # fmt: skip
 
@@ -133,7 +137,7 @@ def prepare(job: dict) -> Prepared | None:
     # int8.quantize: which nodes, with which options (configure_ort also patches ONNX Runtime's quantizer). Its GEMV
     # rule (a Gemm whose output has a dimension of 1 runs without Q/DQ) reads the shapes of the calibration data:
     # ModelOpt's own shape-inference variant of that rule, with the shape of the example, instead of an inference.
-    shape = list(job_key(job)[5])
+    shape = list(example_shape(job))
     gemv = find_nodes_from_matmul_to_exclude(job["onnx_path"], calibration_shapes={job["input_name"]: shape})
     graph = gs.import_onnx(model)
     graph.toposort()

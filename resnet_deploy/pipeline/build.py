@@ -125,7 +125,7 @@ def _reduced_precision_in(
     fixed = fixed_nodes(fp32, options)  # a pattern matching nothing fails early
     # the tensorrt-target model, made in the ModelOpt worker while the others are made here; its graph work first,
     # during the calibration
-    in_worker = Precision.INT8 in config.precisions and config.accuracy_target is None and modelopt is not None
+    in_worker = modelopt is not None  # started for exactly this case (_modelopt_session)
     meanwhile = None
     if in_worker:
         modelopt.prepare(fp32.path, fp32.input_name, fixed, images.example)
